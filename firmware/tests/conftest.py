@@ -19,6 +19,8 @@ FIRMWARE = Path(__file__).resolve().parents[1]
 REPO = FIRMWARE.parent
 VECTORS = REPO / "tests" / "vectors"
 MP_TESTS = Path(__file__).parent / "mp"
+# the scripts in mp/ are MicroPython programs, not CPython test modules
+collect_ignore_glob = ["mp/*"]
 
 
 def micropython_binary() -> str:
