@@ -1,0 +1,134 @@
+"""`machi`: the technician's command line (demo, emulated fleet; more subcommands follow).
+
+Exit codes: 0 success, 1 the job failed (details printed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .procs import ProcessError
+
+EXAMPLES = """\
+examples:
+  machi demo                                  cloud + gateway + 8 emulated nodes, live summary
+  machi demo --duration 30 --env 5            stop by itself after 30 s
+  machi fleet --gateway 127.0.0.1:5683 --env 10 --bin 5 --devices-file devices.json
+"""
+
+
+def _gateway_addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _add_fleet_counts(p: argparse.ArgumentParser, env: int, bins: int, lights: int) -> None:
+    p.add_argument("--env", type=int, default=env, help=f"env sensors (default {env})")
+    p.add_argument("--bin", type=int, default=bins, dest="bins",
+                   help=f"waste bins (default {bins})")
+    p.add_argument("--light", type=int, default=lights, dest="lights",
+                   help=f"streetlights (default {lights})")
+    p.add_argument("--interval", type=float, default=2.0,
+                   help="seconds between samples (default 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="machi",
+        description="Build, provision, monitor and emulate machi sensor nodes.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run cloud, gateway and an emulated fleet on this machine",
+                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_fleet_counts(demo, 3, 3, 2)
+    demo.add_argument("--workdir", type=Path, default=None,
+                      help="where configs, databases and logs go (default run/demo-<time>)")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds (default: until Ctrl-C)")
+
+    fleet = sub.add_parser("fleet", help="run emulated nodes (real firmware on micropython)",
+                           epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fleet.add_argument("--gateway", type=_gateway_addr, required=True, metavar="HOST:PORT",
+                       help="the gateway's CoAP address")
+    _add_fleet_counts(fleet, 1, 0, 0)
+    fleet.add_argument("--count", type=int, default=0,
+                       help="readings per node, then exit (default 0: run until Ctrl-C)")
+    fleet.add_argument("--workdir", type=Path, default=Path("run/fleet"),
+                       help="node configs, state and logs (default run/fleet)")
+    fleet.add_argument("--devices-file", type=Path, default=None,
+                       help="also write the gateway's device registry (JSON) here")
+    fleet.add_argument("--ack-timeout", type=float, default=2.0,
+                       help="CoAP ACK_TIMEOUT in seconds (default 2, RFC 7252)")
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from .demo import DemoOptions, run_demo
+
+    workdir = args.workdir or Path("run") / time.strftime("demo-%Y%m%d-%H%M%S")
+    options = DemoOptions(workdir=workdir.resolve(), env=args.env, bins=args.bins,
+                          lights=args.lights, interval_s=args.interval,
+                          duration_s=args.duration)
+    return run_demo(options, console)
+
+
+def cmd_fleet(args: argparse.Namespace, console: Console) -> int:
+    from .system import CoapProfile, Fleet, fleet_specs, write_devices_file
+
+    specs = fleet_specs({"env": args.env, "bin": args.bins, "light": args.lights},
+                        interval_s=args.interval, count=args.count)
+    if not specs:
+        console.print("[red]no nodes asked for[/]: give --env/--bin/--light counts")
+        return 2
+    if args.devices_file:
+        write_devices_file(args.devices_file, specs)
+        console.print(f"device registry written to {args.devices_file}")
+    fleet = Fleet(specs=specs, workdir=args.workdir.resolve(), gateway=args.gateway,
+                  coap=CoapProfile(ack_timeout_s=args.ack_timeout))
+    fleet.start()
+    console.print(f"{len(specs)} nodes -> coap://{args.gateway[0]}:{args.gateway[1]}/r, "
+                  f"logs in {args.workdir}/logs")
+    try:
+        while any(n.process and n.process.alive() for n in fleet.nodes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        fleet.stop()
+    failed = 0
+    for node in fleet.nodes:
+        rec, acked = node.recorded_seqs(), node.acked_seqs()
+        code = node.process.returncode() if node.process else None
+        ok = code in (0, -15) and set(rec) <= set(acked)
+        failed += not ok
+        console.print(f"{node.spec.device_id}: {len(rec)} recorded, {len(set(acked))} acked, "
+                      f"exit {code}" + ("" if ok else "  [red]<- check its log[/]"))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        if args.command == "demo":
+            return cmd_demo(args, console)
+        if args.command == "fleet":
+            return cmd_fleet(args, console)
+    except ProcessError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

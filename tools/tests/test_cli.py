@@ -1,0 +1,99 @@
+"""The `machi` command as a technician runs it: demo and fleet, as real subprocesses."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from machi_tools.cli import build_parser
+from machi_tools.procs import executable
+from machi_tools.system import Cloud, Gateway, fleet_specs
+
+
+def run_machi(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [executable("machi"), *args], capture_output=True, text=True, timeout=timeout,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "TERM": "dumb"}, check=False,
+    )
+
+
+def test_demo_shows_every_node_within_30_seconds_and_stops_cleanly(tmp_path: Path) -> None:
+    result = run_machi("demo", "--duration", "25", "--workdir", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "8/8 nodes reporting" in out, out
+    took = float(re.search(r"all nodes reached the cloud in ([\d.]+)s", out)[1])  # type: ignore[index]
+    assert took < 30, out
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", out), out
+    # every process was stopped: the logs end with their clean-exit lines
+    for name in ("env-0001", "bin-0003", "light-0002"):
+        assert "stop" in (tmp_path / "logs" / f"{name}.log").read_text().splitlines()[-1]
+
+
+def test_fleet_command_runs_nodes_against_a_gateway(tmp_path: Path) -> None:
+    cloud = Cloud(workdir=tmp_path / "sys")
+    gateway: Gateway | None = None
+    try:
+        cloud.start()
+        gateway = Gateway(workdir=tmp_path / "sys", cloud_url=cloud.url, token=cloud.token)
+        host, port = gateway.start()
+        result = run_machi(
+            "fleet", "--gateway", f"{host}:{port}", "--env", "2", "--bin", "1", "--count", "3",
+            "--interval", "0.2", "--ack-timeout", "0.5", "--workdir", str(tmp_path / "fleet"),
+            "--devices-file", str(gateway.devices_path),
+        )
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        for dev in ("env-0001", "env-0002", "bin-0001"):
+            assert re.search(rf"{dev}: 3 recorded, 3 acked, exit 0", out), out
+        # the gateway batches within batch_age_s; the readings then show up in the cloud
+        with httpx.Client(base_url=cloud.url, timeout=5) as client:
+            for _ in range(100):
+                devices = client.get("/v1/devices").json()["devices"]
+                if sum(d["readings"] for d in devices) == 9:
+                    break
+                time.sleep(0.1)
+            assert sorted(d["device"] for d in devices) == ["bin-0001", "env-0001", "env-0002"]
+            assert all(d["readings"] == 3 for d in devices), devices
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        cloud.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fleet", "--gateway", "nohostport"], "expected HOST:PORT"),
+        (["fleet"], "--gateway"),
+        (["nosuch"], "invalid choice"),
+    ],
+)
+def test_bad_usage_exits_2_with_a_clear_message(argv: list[str], message: str) -> None:
+    result = run_machi(*argv)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_fleet_without_nodes_is_refused(tmp_path: Path) -> None:
+    result = run_machi("fleet", "--gateway", "127.0.0.1:5683", "--env", "0",
+                       "--workdir", str(tmp_path))
+    assert result.returncode == 2
+    assert "no nodes" in result.stdout
+
+
+def test_help_has_examples() -> None:
+    assert "machi demo --duration 30" in build_parser().format_help()
+
+
+def test_fleet_specs_names_and_validation() -> None:
+    specs = fleet_specs({"env": 2, "light": 1}, interval_s=0.5, count=3)
+    assert [s.device_id for s in specs] == ["env-0001", "env-0002", "light-0001"]
+    assert all(s.count == 3 and s.interval_s == 0.5 for s in specs)
+    with pytest.raises(ValueError, match="node type"):
+        fleet_specs({"toaster": 1})
