@@ -18,8 +18,9 @@ INVALID = json.loads((VECTORS / "senml-invalid.json").read_text())
 VALID = json.loads((VECTORS / "senml-readings.json").read_text())
 
 
-def _health(gateway: Gateway) -> dict[str, Any]:
-    data: dict[str, Any] = httpx.get(f"{gateway.health_url}/healthz", timeout=5).json()
+async def _health(gateway: Gateway) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        data: dict[str, Any] = (await client.get(f"{gateway.health_url}/healthz")).json()
     return data
 
 
@@ -41,15 +42,16 @@ async def test_gateway_refuses_bad_reading_with_its_code(
     vector: dict[str, Any], gateway: Gateway, cloud: Cloud
 ) -> None:
     write_devices_file(gateway.devices_path, [NodeSpec(device_id="env-0001", type="env")])
-    before = _health(gateway)
+    before = await _health(gateway)
     resp = await _post(gateway, bytes.fromhex(vector["hex"]), vector["content_format"])
     assert str(resp.code).startswith(vector["code"]), (vector["name"], resp.code, resp.payload)
     assert resp.payload, "an error answer must say what is wrong"
-    after = _health(gateway)
+    after = await _health(gateway)
     assert after["queue_depth"] == before["queue_depth"] == 0
     assert after["readings_in"] == before["readings_in"]
     assert sum(after["rejected"].values()) == sum(before["rejected"].values()) + 1
-    devices = httpx.get(f"{cloud.url}/v1/devices", timeout=5).json()["devices"]
+    async with httpx.AsyncClient(timeout=5) as client:
+        devices = (await client.get(f"{cloud.url}/v1/devices")).json()["devices"]
     assert devices == []
 
 
@@ -59,7 +61,7 @@ async def test_gateway_refuses_oversized_payload(gateway: Gateway) -> None:
     resp = await _post(gateway, big, 112)
     assert str(resp.code).startswith("4.13")
     assert resp.opt.size1 == 1024
-    assert _health(gateway)["queue_depth"] == 0
+    assert (await _health(gateway))["queue_depth"] == 0
 
 
 def test_cloud_refuses_malformed_batches(cloud: Cloud) -> None:
