@@ -1,0 +1,197 @@
+"""`machi-cloud`: run the ingest service.
+
+The listening socket is bound here, not by uvicorn, so `--port 0` works and the real port is
+known; once uvicorn serves on it, a *ready file* is written atomically (tmp + rename) with
+`{"url": "http://127.0.0.1:<port>", "pid": <pid>}` for orchestration to poll. SIGTERM and
+SIGINT stop it gracefully (in-flight requests finish, the database is closed) with exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from .app import create_app
+from .settings import (
+    TOKENS_ENV,
+    ConfigError,
+    GatewayTokens,
+    Settings,
+    parse_token_list,
+    settings_from_toml,
+    with_overrides,
+)
+
+log = logging.getLogger("machi_cloud")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="machi-cloud",
+        description="machi cloud ingest service: gateways POST CBOR batches, people query them.",
+        epilog=f"Gateway tokens may also come from {TOKENS_ENV}='gw-01=secret,gw-02=...'.",
+    )
+    p.add_argument("--config", type=Path, help="TOML settings file (flags override it)")
+    p.add_argument("--db", type=Path, help="SQLite database file (default machi-cloud.sqlite)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on; 0 = any free port (default 8080)")
+    p.add_argument(
+        "--gateway-token",
+        action="append",
+        default=[],
+        metavar="GW=TOKEN",
+        help="a gateway's bearer token (repeatable); TOKEN may be sha256:<hex digest>",
+    )
+    p.add_argument("--ready-file", type=Path, help="write {url, pid} JSON here once listening")
+    p.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="default info",
+    )
+    p.add_argument(
+        "--access-log", action="store_true", default=None, help="log every request (off by default)"
+    )
+    return p
+
+
+def load_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults < --config file < environment tokens < flags."""
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    if args.config is not None:
+        settings = settings_from_toml(args.config)
+    tokens = settings.gateway_tokens
+    if env.get(TOKENS_ENV):
+        tokens = tokens.merged(parse_token_list(env[TOKENS_ENV], key=TOKENS_ENV))
+    if args.gateway_token:
+        tokens = tokens.merged(
+            parse_token_list(",".join(args.gateway_token), key="--gateway-token")
+        )
+    return with_overrides(
+        settings,
+        db=args.db,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        gateway_tokens=tokens if tokens.digests else GatewayTokens(),
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (IPv6 when `host` is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def write_ready_file(path: Path, url: str) -> None:
+    """Atomically: readers see no file or the whole file, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    tmp.replace(path)
+
+
+def _url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(
+    settings: Settings,
+    sock: socket.socket,
+    ready_file: Path | None,
+    *,
+    stop_requested: Sequence[int] = (),
+) -> None:
+    """Serve until uvicorn is told to exit; write the ready file once it listens."""
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    if stop_requested:
+        return
+    url = _url(settings.host, sock.getsockname()[1])
+
+    async def announce() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.02)
+        if ready_file is not None:
+            write_ready_file(ready_file, url)
+        log.info("machi-cloud listening on %s (db %s)", url, settings.db)
+
+    async with asyncio.TaskGroup() as tasks:
+        serving = tasks.create_task(server.serve(sockets=[sock]))
+        tasks.create_task(announce())
+        await serving
+    if not server.started:
+        raise SystemExit("machi-cloud did not start (see the log above)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ConfigError as exc:
+        print(f"machi-cloud: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not settings.gateway_tokens.digests:
+        log.warning("no gateway tokens configured: every POST /v1/batches will get 401")
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"machi-cloud: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr
+        )
+        return 1
+    # uvicorn handles SIGTERM/SIGINT during serve() and re-raises them afterwards; these
+    # handlers make that re-raise a no-op, so a requested stop ends with exit code 0.
+    # A signal before uvicorn installs its own handlers is remembered and honoured.
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
+    try:
+        asyncio.run(serve(settings, sock, args.ready_file, stop_requested=early))
+    finally:
+        sock.close()
+        if args.ready_file is not None:
+            with contextlib.suppress(OSError):
+                args.ready_file.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The storage seam: what the API needs from a database, and nothing about which one.
+
+`Storage` is the whole contract; `sqlite.py` implements it today and a PostgreSQL module
+will sit next to it. The API imports only this module. Implementations must:
+
+- store a batch atomically: all its new readings or none (one transaction), and record the
+  batch's answer in the same transaction, so a retried batch gets the same answer;
+- identify a reading by `(device, seq)`: a reading already held is a *duplicate*, never
+  stored twice, and its first stored content wins;
+- never block the event loop (run blocking drivers in threads, or use an async driver);
+- raise `StorageUnavailable` (503: the gateway retries) for database failures and
+  `BatchConflict` (409) for a `batch_id` re-used with a different body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+
+from ..batch import Reading, Rejection, Value
+
+MAX_QUERY_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What the cloud holds after a batch: the answer of docs/protocol.md §3.
+
+    `acked` lists every distinct `(device, seq)` of the batch that is stored now or was
+    before; `stored + duplicates` counts the batch's valid readings (a reading repeated
+    inside one batch counts as a duplicate). `replayed` is True when this is the recorded
+    answer of an earlier delivery of the same batch (it is not part of the wire answer).
+    """
+
+    batch_id: str
+    stored: int
+    duplicates: int
+    acked: tuple[tuple[str, int], ...]
+    rejected: tuple[Rejection, ...]
+    replayed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stored < 0 or self.duplicates < 0:
+            raise ValueError("stored and duplicates must not be negative")
+
+    def answer(self) -> dict[str, Any]:
+        """The wire answer (CBOR or JSON)."""
+        return {
+            "batch_id": self.batch_id,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "acked": [[device, seq] for device, seq in self.acked],
+            "rejected": [
+                {"device": r.device, "seq": r.seq, "reason": r.reason} for r in self.rejected
+            ],
+        }
+
+    @classmethod
+    def from_answer(cls, answer: Mapping[str, Any], *, replayed: bool) -> BatchResult:
+        """Rebuild a result from a recorded `answer()`."""
+        return cls(
+            batch_id=answer["batch_id"],
+            stored=answer["stored"],
+            duplicates=answer["duplicates"],
+            acked=tuple((d, s) for d, s in answer["acked"]),
+            rejected=tuple(
+                Rejection(r["device"], r["seq"], r["reason"]) for r in answer["rejected"]
+            ),
+            replayed=replayed,
+        )
+
+
+class Cursor(NamedTuple):
+    """Where a page of readings ended: results are ordered by (device, seq, metric)."""
+
+    device: str
+    seq: int
+    metric: str
+
+    def encode(self) -> str:
+        """An opaque, URL-safe token for the `after` query parameter."""
+        raw = json.dumps([self.device, self.seq, self.metric], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        """The inverse of `encode`; ValueError for anything it did not produce."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            device, seq, metric = json.loads(raw)
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise ValueError("not a cursor returned by this API") from exc
+        if not isinstance(device, str) or type(seq) is not int or not isinstance(metric, str):
+            raise ValueError("not a cursor returned by this API")
+        return cls(device, seq, metric)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadingQuery:
+    """A filter over stored measurements. `since` is inclusive, `until` exclusive (seconds)."""
+
+    device: str | None = None
+    metric: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 1000
+    after: Cursor | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_QUERY_LIMIT}, got {self.limit}")
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ValueError("since must not be later than until")
+
+
+class ReadingRow(NamedTuple):
+    """One stored measurement with its reading's identity and times."""
+
+    device: str
+    seq: int
+    time: int | float
+    received: int | float | None
+    gateway: str
+    metric: str
+    unit: str | None
+    value: Value
+
+
+@dataclass(frozen=True)
+class LatestValue:
+    """The most recent value (highest seq) of one metric of one device."""
+
+    value: Value
+    unit: str | None
+    time: int | float
+    seq: int
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    """A device as the cloud knows it: when it was last seen, how much it sent, its latest."""
+
+    device: str
+    last_seen: int | float
+    last_seq: int
+    readings: int
+    latest: Mapping[str, LatestValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.readings < 0 or self.last_seq < 0:
+            raise ValueError("readings and last_seq must not be negative")
+
+
+@dataclass(frozen=True)
+class StorageStats:
+    """Totals for the health endpoint."""
+
+    devices: int
+    readings: int
+    batches: int
+
+
+class Storage(ABC):
+    """An open database of readings; use as `async with storage:` (open, then close)."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate the schema; idempotent."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish running work and release connections; idempotent."""
+
+    @abstractmethod
+    async def store_batch(
+        self,
+        *,
+        gateway: str,
+        batch_id: str,
+        body_hash: bytes,
+        readings: Sequence[Reading],
+        rejected: Sequence[Rejection] = (),
+    ) -> BatchResult:
+        """Store a batch's readings atomically and record (and return) its answer.
+
+        `(gateway, batch_id)` seen before with the same `body_hash` returns the recorded
+        answer with `replayed=True` and changes nothing; with another hash it raises
+        `BatchConflict`. `rejected` (found by the parser) is recorded in the answer as is.
+        """
+
+    @abstractmethod
+    async def readings(self, query: ReadingQuery) -> list[ReadingRow]:
+        """Measurements matching `query`, ordered by (device, seq, metric), at most `limit`."""
+
+    @abstractmethod
+    async def devices(self) -> list[DeviceSummary]:
+        """Every device that has stored a reading, ordered by id, with its latest values."""
+
+    @abstractmethod
+    async def stats(self) -> StorageStats:
+        """Cheap totals; raises `StorageUnavailable` when the database cannot answer."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,439 @@
+"""`Storage` on SQLite: the embedded default for one machine and for the demo.
+
+- WAL mode, so queries read a consistent snapshot while a batch is being written.
+- `synchronous=FULL`: the cloud's answer makes the gateway delete its copy, so a batch must
+  survive a power cut once answered (with NORMAL, WAL may lose the last commits).
+- One writer connection on one dedicated thread (SQLite has one writer anyway) and a small
+  pool of reader threads, each with its own connection; the event loop never blocks.
+- One transaction per batch (`BEGIN IMMEDIATE` ... `COMMIT`) with `executemany` inserts.
+
+Schema (`PRAGMA user_version` = 1): `samples` (one row per reading, key `(device, seq)`),
+`measurements` (key `(device, seq, metric)`), `latest` (the newest value per device and
+metric, kept on insert so the dashboard never scans history), `devices` (last seen, last
+seq, count) and `batches` (key `(gateway, batch_id)`, body SHA-256 and the CBOR answer).
+Value and time columns have no declared type so SQLite keeps ints as ints and floats as
+floats (21 stays 21, 21.0 stays 21.0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cbor2
+
+from ..batch import Reading, Rejection, Value
+from ..errors import BatchConflict, StorageUnavailable
+from .base import (
+    BatchResult,
+    DeviceSummary,
+    LatestValue,
+    ReadingQuery,
+    ReadingRow,
+    Storage,
+    StorageStats,
+)
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+_IN_CHUNK = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    device    TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    time               NOT NULL,
+    received,
+    gateway   TEXT    NOT NULL,
+    transport TEXT    NOT NULL,
+    batch_id  TEXT    NOT NULL,
+    ingested  REAL    NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS measurements (
+    device     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    metric     TEXT    NOT NULL,
+    unit       TEXT,
+    value_num,
+    value_text TEXT,
+    value_bool INTEGER,
+    PRIMARY KEY (device, seq, metric)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    device     TEXT    NOT NULL,
+    metric     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    time               NOT NULL,
+    unit       TEXT,
+    value_num,
+    value_text TEXT,
+    value_bool INTEGER,
+    PRIMARY KEY (device, metric)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+    device     TEXT    PRIMARY KEY,
+    first_seen         NOT NULL,
+    last_seen          NOT NULL,
+    last_seq   INTEGER NOT NULL,
+    readings   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+    gateway     TEXT NOT NULL,
+    batch_id    TEXT NOT NULL,
+    body_sha256 BLOB NOT NULL,
+    answer      BLOB NOT NULL,
+    created     REAL NOT NULL,
+    PRIMARY KEY (gateway, batch_id)
+) WITHOUT ROWID;
+"""
+
+_INSERT_SAMPLE = (
+    "INSERT INTO samples (device, seq, time, received, gateway, transport, batch_id, ingested)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_MEASUREMENT = (
+    "INSERT INTO measurements (device, seq, metric, unit, value_num, value_text, value_bool)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_LATEST = """
+INSERT INTO latest (device, metric, seq, time, unit, value_num, value_text, value_bool)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (device, metric) DO UPDATE SET
+    seq = excluded.seq, time = excluded.time, unit = excluded.unit,
+    value_num = excluded.value_num, value_text = excluded.value_text,
+    value_bool = excluded.value_bool
+WHERE excluded.seq > latest.seq
+"""
+_UPSERT_DEVICE = """
+INSERT INTO devices (device, first_seen, last_seen, last_seq, readings) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (device) DO UPDATE SET
+    last_seen = max(last_seen, excluded.last_seen),
+    last_seq = max(last_seq, excluded.last_seq),
+    readings = readings + excluded.readings
+"""
+
+
+def _columns(value: Value) -> tuple[int | float | None, str | None, int | None]:
+    """(value_num, value_text, value_bool) for one value; bool first, it is an int too."""
+    if value is True or value is False:
+        return None, None, int(value)
+    if isinstance(value, str):
+        return None, value, None
+    return value, None, None
+
+
+def _value(num: Any, text: str | None, flag: int | None) -> Value:
+    if flag is not None:
+        return bool(flag)
+    if text is not None:
+        return text
+    return num  # type: ignore[no-any-return]
+
+
+class SQLiteStorage(Storage):
+    """Readings in one SQLite file (created if missing)."""
+
+    def __init__(self, path: Path | str, *, readers: int = 2, busy_timeout_s: float = 10.0) -> None:
+        if readers < 1:
+            raise ValueError("readers must be at least 1")
+        self.path = Path(path)
+        self._readers_n = readers
+        self._busy_timeout_s = busy_timeout_s
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="machi-sqlite-writer")
+        self._readers = ThreadPoolExecutor(
+            self._readers_n, thread_name_prefix="machi-sqlite-reader"
+        )
+        try:
+            await self._write(self._init_schema)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        writer, readers = self._writer, self._readers
+        self._writer = self._readers = None
+        for pool in (writer, readers):
+            if pool is not None:
+                await asyncio.to_thread(pool.shutdown, wait=True)
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._wconn = None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # each connection stays on its thread; close() joins
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageUnavailable(f"cannot open the database {self.path}: {exc}") from exc
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageUnavailable(
+                f"{self.path} has schema version {version}; this machi-cloud knows "
+                f"{SCHEMA_VERSION}: upgrade machi-cloud"
+            )
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StorageUnavailable("the storage is closed")
+
+        def run() -> T:
+            if self._wconn is None:
+                self._wconn = self._connect()
+            return self._guard(fn, self._wconn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._readers is None:
+            raise StorageUnavailable("the storage is closed")
+
+        def run() -> T:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self._connect()
+            return self._guard(fn, conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    def _guard(self, fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+        try:
+            return fn(conn)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            raise StorageUnavailable(f"database error on {self.path.name}: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+
+    # -- ingest ------------------------------------------------------------------------
+
+    async def store_batch(
+        self,
+        *,
+        gateway: str,
+        batch_id: str,
+        body_hash: bytes,
+        readings: Sequence[Reading],
+        rejected: Sequence[Rejection] = (),
+    ) -> BatchResult:
+        def run(conn: sqlite3.Connection) -> BatchResult:
+            return self._store(conn, gateway, batch_id, body_hash, readings, tuple(rejected))
+
+        return await self._write(run)
+
+    def _store(
+        self,
+        conn: sqlite3.Connection,
+        gateway: str,
+        batch_id: str,
+        body_hash: bytes,
+        readings: Sequence[Reading],
+        rejected: tuple[Rejection, ...],
+    ) -> BatchResult:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(
+            "SELECT body_sha256, answer FROM batches WHERE gateway = ? AND batch_id = ?",
+            (gateway, batch_id),
+        ).fetchone()
+        if row is not None:
+            conn.rollback()
+            if bytes(row[0]) != body_hash:
+                raise BatchConflict(
+                    f"batch_id {batch_id!r} of gateway {gateway!r} was already used for a "
+                    "different body; give every new batch a new batch_id"
+                )
+            return BatchResult.from_answer(cbor2.loads(row[1]), replayed=True)
+
+        existing = self._existing(conn, readings)
+        now = time.time()
+        seen: set[tuple[str, int]] = set()
+        acked: list[tuple[str, int]] = []
+        samples: list[tuple[Any, ...]] = []
+        measurements: list[tuple[Any, ...]] = []
+        latest: dict[tuple[str, str], tuple[Any, ...]] = {}
+        devices: dict[str, list[Any]] = {}  # device -> [first_seen, last_seen, last_seq, n]
+        duplicates = 0
+        for r in readings:
+            key = (r.device, r.seq)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            acked.append(key)
+            if key in existing:
+                duplicates += 1
+                continue
+            device, seq = key
+            samples.append((device, seq, r.time, r.received, gateway, r.transport, batch_id, now))
+            for m in r.measurements:
+                num, text, flag = _columns(m.value)
+                measurements.append((device, seq, m.name, m.unit, num, text, flag))
+                prev = latest.get((device, m.name))
+                if prev is None or seq > prev[2]:
+                    latest[(device, m.name)] = (
+                        device,
+                        m.name,
+                        seq,
+                        r.time,
+                        m.unit,
+                        num,
+                        text,
+                        flag,
+                    )
+            seen_at = r.received if r.received is not None else r.time
+            stats = devices.get(device)
+            if stats is None:
+                devices[device] = [seen_at, seen_at, seq, 1]
+            else:
+                stats[0] = min(stats[0], seen_at)
+                stats[1] = max(stats[1], seen_at)
+                stats[2] = max(stats[2], seq)
+                stats[3] += 1
+
+        conn.executemany(_INSERT_SAMPLE, samples)
+        conn.executemany(_INSERT_MEASUREMENT, measurements)
+        conn.executemany(_UPSERT_LATEST, latest.values())
+        conn.executemany(_UPSERT_DEVICE, [(d, *s) for d, s in devices.items()])
+        result = BatchResult(
+            batch_id=batch_id,
+            stored=len(samples),
+            duplicates=duplicates,
+            acked=tuple(acked),
+            rejected=rejected,
+        )
+        conn.execute(
+            "INSERT INTO batches (gateway, batch_id, body_sha256, answer, created)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (gateway, batch_id, body_hash, cbor2.dumps(result.answer()), now),
+        )
+        conn.commit()
+        return result
+
+    @staticmethod
+    def _existing(conn: sqlite3.Connection, readings: Sequence[Reading]) -> set[tuple[str, int]]:
+        """Which `(device, seq)` of the batch are already stored (inside the transaction)."""
+        by_device: dict[str, set[int]] = {}
+        for r in readings:
+            by_device.setdefault(r.device, set()).add(r.seq)
+        found: set[tuple[str, int]] = set()
+        for device, seqs in by_device.items():
+            ordered = sorted(seqs)
+            for i in range(0, len(ordered), _IN_CHUNK):
+                chunk = ordered[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT seq FROM samples WHERE device = ? AND seq IN ({marks})",
+                    (device, *chunk),
+                )
+                found.update((device, seq) for (seq,) in rows)
+        return found
+
+    # -- queries -----------------------------------------------------------------------
+
+    async def readings(self, query: ReadingQuery) -> list[ReadingRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.device is not None:
+            where.append("m.device = ?")
+            args.append(query.device)
+        if query.metric is not None:
+            where.append("m.metric = ?")
+            args.append(query.metric)
+        if query.since is not None:
+            where.append("s.time >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("s.time < ?")
+            args.append(query.until)
+        if query.after is not None:
+            where.append("(m.device, m.seq, m.metric) > (?, ?, ?)")
+            args.extend(query.after)
+        sql = (
+            "SELECT m.device, m.seq, s.time, s.received, s.gateway, m.metric, m.unit,"
+            " m.value_num, m.value_text, m.value_bool"
+            " FROM measurements AS m JOIN samples AS s ON s.device = m.device AND s.seq = m.seq"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY m.device, m.seq, m.metric LIMIT ?"
+        )
+        args.append(query.limit)
+
+        def run(conn: sqlite3.Connection) -> list[ReadingRow]:
+            return [
+                ReadingRow(d, q, t, rc, gw, metric, unit, _value(num, text, flag))
+                for d, q, t, rc, gw, metric, unit, num, text, flag in conn.execute(sql, args)
+            ]
+
+        return await self._read(run)
+
+    async def devices(self) -> list[DeviceSummary]:
+        def run(conn: sqlite3.Connection) -> list[DeviceSummary]:
+            conn.execute("BEGIN")  # one snapshot for both queries
+            try:
+                rows = conn.execute(
+                    "SELECT device, last_seen, last_seq, readings FROM devices ORDER BY device"
+                ).fetchall()
+                latest: dict[str, dict[str, LatestValue]] = {}
+                for device, metric, seq, t, unit, num, text, flag in conn.execute(
+                    "SELECT device, metric, seq, time, unit, value_num, value_text, value_bool"
+                    " FROM latest ORDER BY device, metric"
+                ):
+                    latest.setdefault(device, {})[metric] = LatestValue(
+                        value=_value(num, text, flag), unit=unit, time=t, seq=seq
+                    )
+            finally:
+                conn.commit()
+            return [
+                DeviceSummary(
+                    device=d, last_seen=ls, last_seq=q, readings=n, latest=latest.get(d, {})
+                )
+                for d, ls, q, n in rows
+            ]
+
+        return await self._read(run)
+
+    async def stats(self) -> StorageStats:
+        def run(conn: sqlite3.Connection) -> StorageStats:
+            devices, readings = conn.execute(
+                "SELECT count(*), coalesce(sum(readings), 0) FROM devices"
+            ).fetchone()
+            (batches,) = conn.execute("SELECT count(*) FROM batches").fetchone()
+            return StorageStats(devices=devices, readings=readings, batches=batches)
+
+        return await self._read(run)

@@ -1,0 +1,141 @@
+"""Fixtures for the cloud tests: a temp SQLite storage, the app, and an in-process client.
+
+`httpx.ASGITransport` does not run lifespan events, so the storage is opened here and
+handed to `create_app` (the caller owns it). Test modules share helpers only through these
+fixtures (`--import-mode=importlib`, no packages).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from machi_cloud.app import create_app
+from machi_cloud.settings import GatewayTokens, Limits, Settings
+from machi_cloud.storage.sqlite import SQLiteStorage
+
+VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
+TOKENS = {"gw-01": "secret-01", "gw-02": "secret-02"}
+
+Post = Callable[..., Awaitable[httpx.Response]]
+
+
+@pytest.fixture
+def vector() -> dict[str, Any]:
+    """The shared `two-readings` batch vector: {"name", "hex", "decoded"}."""
+    vectors: list[dict[str, Any]] = json.loads((VECTORS / "cloud-batches.json").read_text())
+    return vectors[0]
+
+
+@pytest.fixture
+def vector_body(vector: dict[str, Any]) -> bytes:
+    return bytes.fromhex(vector["hex"])
+
+
+@pytest.fixture
+def limits() -> Limits:
+    return Limits()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, limits: Limits) -> Settings:
+    return Settings(
+        db=tmp_path / "cloud.sqlite",
+        gateway_tokens=GatewayTokens.from_mapping(TOKENS),
+        limits=limits,
+    )
+
+
+@pytest.fixture
+async def storage(settings: Settings) -> AsyncIterator[SQLiteStorage]:
+    async with SQLiteStorage(settings.db) as st:
+        yield st
+
+
+@pytest.fixture
+def app(settings: Settings, storage: SQLiteStorage) -> FastAPI:
+    return create_app(settings, storage)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cloud.test") as c:
+        yield c
+
+
+@pytest.fixture
+def post(client: httpx.AsyncClient) -> Post:
+    """POST a batch (bytes, or a dict encoded with cbor2) as gw-01 asking for a JSON answer."""
+
+    async def post(
+        body: bytes | dict[str, Any],
+        *,
+        token: str | None = TOKENS["gw-01"],
+        content_type: str = "application/cbor",
+        accept: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        data = cbor2.dumps(body) if isinstance(body, dict) else body
+        h = {"Content-Type": content_type, "Accept": accept}
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        h.update(headers or {})
+        return await client.post("/v1/batches", content=data, headers=h)
+
+    return post
+
+
+@pytest.fixture
+def make_batch() -> Callable[..., dict[str, Any]]:
+    """A batch dict: `make_batch("b1", [("env-0001", 1), ...])`, one temp measurement each."""
+
+    def make(
+        batch_id: str,
+        ids: list[tuple[str, int]],
+        *,
+        gateway: str = "gw-01",
+        value: float = 20.0,
+        time0: int = 1795390000,
+    ) -> dict[str, Any]:
+        return {
+            "gateway": gateway,
+            "batch_id": batch_id,
+            "readings": [
+                {
+                    "device": device,
+                    "seq": seq,
+                    "time": time0 + seq,
+                    "received": time0 + seq + 0.5,
+                    "transport": "coap",
+                    "m": [{"n": "temp", "u": "Cel", "v": value + seq}],
+                }
+                for device, seq in ids
+            ],
+        }
+
+    return make
+
+
+def assert_problem(resp: httpx.Response, status: int) -> dict[str, Any]:
+    """An RFC 9457 problem document with `status` and a non-empty detail."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json"), resp.headers
+    problem: dict[str, Any] = resp.json()
+    assert problem["status"] == status
+    assert isinstance(problem["type"], str) and problem["type"]
+    assert isinstance(problem["title"], str) and problem["title"]
+    assert isinstance(problem["detail"], str) and len(problem["detail"]) > 10
+    return problem
+
+
+@pytest.fixture(name="assert_problem")
+def assert_problem_fixture() -> Callable[[httpx.Response, int], dict[str, Any]]:
+    return assert_problem
