@@ -1,0 +1,290 @@
+"""The gateway's configuration: one schema holding every key, its default and its check.
+
+``SCHEMA`` is the single source of truth (docs/gateway.example.toml is tested against
+it). Validators take the raw TOML value and return the coerced one or raise ValueError
+with a message for the person editing the file; :func:`load` prefixes it with the key,
+e.g. ``[coap] port: must be an integer in 0..65535, got "x"``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+Validator = Callable[[Any], Any]
+
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def _int(lo: int, hi: int | None = None) -> Validator:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ValueError(f"must be an integer {rng}, got {v!r}")
+        return v
+
+    return check
+
+
+def _float(lo: float, *, strict: bool = True) -> Validator:
+    def check(v: Any) -> float:
+        ok = isinstance(v, int | float) and not isinstance(v, bool)
+        if not ok or (v <= lo if strict else v < lo):
+            raise ValueError(f"must be a number {'>' if strict else '>='} {lo}, got {v!r}")
+        return float(v)
+
+    return check
+
+
+def _str(*, empty: bool = False) -> Validator:
+    def check(v: Any) -> str:
+        if not isinstance(v, str) or (not empty and not v):
+            raise ValueError(f"must be a {'' if empty else 'non-empty '}string, got {v!r}")
+        return v
+
+    return check
+
+
+def _one_of(*choices: str) -> Validator:
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {v!r}")
+        return str(v)
+
+    return check
+
+
+def _gateway_id(v: Any) -> str:
+    if not isinstance(v, str) or not _ID_RE.match(v):
+        raise ValueError(
+            f"must be lowercase letters, digits and '-', 1-32 chars, starting with a letter "
+            f"or digit; got {v!r}"
+        )
+    return v
+
+
+def _url(v: Any) -> str:
+    if not isinstance(v, str) or not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+    return v.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One configuration key: its default and the validator that coerces it."""
+
+    default: Any
+    check: Validator
+    doc: str
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "gateway": {
+        "id": Key("gw-01", _gateway_id, "this gateway's id, as the cloud knows it"),
+        "data_dir": Key("/var/lib/machi-gateway", _str(), "where the queue database lives"),
+    },
+    "coap": {
+        "host": Key("::", _str(), "address to listen on ('::' = every IPv6 and IPv4 address)"),
+        "port": Key(5683, _int(0, 65535), "UDP port; 0 = a free port chosen at start"),
+        "max_payload": Key(1024, _int(16, 65000), "larger payloads get 4.13 with Size1"),
+    },
+    "devices": {
+        "file": Key("devices.json", _str(), "the registry of known devices"),
+    },
+    "queue": {
+        "max_readings": Key(1_000_000, _int(1), "queue size at which nodes get 5.03"),
+        "retry_after_s": Key(30, _int(1, 2**32 - 1), "Max-Age of the 5.03 answer"),
+        "dedup_window_s": Key(86400, _int(1), "how long an uploaded (device, seq) stays known"),
+    },
+    "uplink": {
+        "url": Key("http://127.0.0.1:8080", _url, "cloud base URL; batches go to {url}/v1/batches"),
+        "token": Key("", _str(empty=True), "the gateway's bearer token (or use token_file)"),
+        "token_file": Key("", _str(empty=True), "file holding the token (first line)"),
+        "batch_max": Key(500, _int(1, 5000), "send when this many readings wait"),
+        "batch_age_s": Key(2.0, _float(0.0), "... or when the oldest has waited this long"),
+        "timeout_s": Key(10.0, _float(0.0), "timeout of one upload"),
+        "backoff_initial_s": Key(0.5, _float(0.0), "first retry delay after a failure"),
+        "backoff_max_s": Key(60.0, _float(0.0), "retry delay cap"),
+        "drain_timeout_s": Key(5.0, _float(0.0, strict=False), "last flush bound at shutdown"),
+    },
+    "health": {
+        "host": Key("127.0.0.1", _str(), "address of the health/metrics HTTP server"),
+        "port": Key(8081, _int(0, 65535), "TCP port; 0 = a free port chosen at start"),
+    },
+    "log": {
+        "level": Key("info", _one_of(*LOG_LEVELS), "log level"),
+        "format": Key("text", _one_of(*LOG_FORMATS), "text lines or JSON lines, to stderr"),
+    },
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoapConfig:
+    host: str
+    port: int
+    max_payload: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    max_readings: int
+    retry_after_s: int
+    dedup_window_s: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkConfig:
+    url: str
+    token: str
+    batch_max: int
+    batch_age_s: float
+    timeout_s: float
+    backoff_initial_s: float
+    backoff_max_s: float
+    drain_timeout_s: float
+
+    def __post_init__(self) -> None:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("[uplink] backoff_max_s: must be >= backoff_initial_s")
+
+    def __repr__(self) -> str:  # never print the token
+        return f"UplinkConfig(url={self.url!r}, token=<{'set' if self.token else 'empty'}>)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The validated configuration; paths are absolute."""
+
+    gateway_id: str
+    data_dir: Path
+    devices_file: Path
+    coap: CoapConfig
+    queue: QueueConfig
+    uplink: UplinkConfig
+    health: HealthConfig
+    log: LogConfig
+    source: Path | None = None
+
+    @property
+    def queue_file(self) -> Path:
+        return self.data_dir / "queue.sqlite3"
+
+    def summary(self) -> str:
+        """A human summary for ``--check-config`` (the token is never shown)."""
+        return "\n".join(
+            [
+                f"config      {self.source or '(defaults)'}",
+                f"gateway     {self.gateway_id}",
+                f"queue       {self.queue_file} (max {self.queue.max_readings} readings)",
+                f"devices     {self.devices_file}",
+                f"coap        {self.coap.host} port {self.coap.port}"
+                f" (max payload {self.coap.max_payload} B)",
+                f"uplink      {self.uplink.url}/v1/batches"
+                f" token {'set' if self.uplink.token else 'EMPTY'}"
+                f" (batch {self.uplink.batch_max} / {self.uplink.batch_age_s} s)",
+                f"health      http://{self.health.host}:{self.health.port}/healthz",
+                f"log         {self.log.level} {self.log.format}",
+            ]
+        )
+
+
+def _section(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    raw = data.get(name, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}]: must be a table, got {type(raw).__name__}")
+    schema = SCHEMA[name]
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ConfigError(
+            f"[{name}] {unknown[0]}: unknown key (known: {', '.join(schema)})"
+        )
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        try:
+            out[key] = spec.check(raw.get(key, spec.default))
+        except ValueError as exc:
+            raise ConfigError(f"[{name}] {key}: {exc}") from None
+    return out
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _token(up: dict[str, Any], base: Path) -> str:
+    if up["token"] and up["token_file"]:
+        raise ConfigError("[uplink] token_file: set either token or token_file, not both")
+    if not up["token_file"]:
+        return str(up["token"])
+    path = _resolve(base, up["token_file"])
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"[uplink] token_file: cannot read {path}: {exc.strerror}") from exc
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ConfigError(f"[uplink] token_file: {path} is empty")
+    return token
+
+
+def from_mapping(data: Mapping[str, Any], *, base_dir: Path, source: Path | None = None) -> Config:
+    """Validate a parsed TOML document; relative paths are relative to ``base_dir``."""
+    unknown = sorted(set(data) - set(SCHEMA))
+    if unknown:
+        raise ConfigError(f"[{unknown[0]}]: unknown section (known: {', '.join(SCHEMA)})")
+    s = {name: _section(data, name) for name in SCHEMA}
+    up = s["uplink"]
+    return Config(
+        gateway_id=s["gateway"]["id"],
+        data_dir=_resolve(base_dir, s["gateway"]["data_dir"]),
+        devices_file=_resolve(base_dir, s["devices"]["file"]),
+        coap=CoapConfig(**s["coap"]),
+        queue=QueueConfig(**s["queue"]),
+        uplink=UplinkConfig(
+            url=up["url"],
+            token=_token(up, base_dir),
+            batch_max=up["batch_max"],
+            batch_age_s=up["batch_age_s"],
+            timeout_s=up["timeout_s"],
+            backoff_initial_s=up["backoff_initial_s"],
+            backoff_max_s=up["backoff_max_s"],
+            drain_timeout_s=up["drain_timeout_s"],
+        ),
+        health=HealthConfig(**s["health"]),
+        log=LogConfig(**s["log"]),
+        source=source,
+    )
+
+
+def load(path: Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path).expanduser().resolve()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return from_mapping(data, base_dir=path.parent, source=path)

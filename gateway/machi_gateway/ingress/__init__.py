@@ -1,0 +1,1 @@
+"""Ingress adapters: each turns one radio/transport into Readings for the core."""

@@ -1,0 +1,387 @@
+"""The durable queue: SQLite in WAL mode with ``synchronous=FULL``.
+
+An acknowledgement to a node is a promise, so :meth:`Store.add` returns only after the
+reading's transaction is committed and fsynced (DESIGN.md §1). Adds that arrive while a
+commit is running are grouped into the next transaction (group commit: one fsync for
+many readings, each caller still waits for its own commit).
+
+Deduplication is on ``(device, seq)`` against the ``seen`` table, which outlives the
+queue row by ``dedup_window_s`` so a reading already uploaded is still recognised.
+
+All SQLite work runs on one dedicated thread (one connection, no lock needed, the event
+loop never blocks on an fsync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import cbor2
+
+from .errors import QueueFull, StoreError, StoreUnavailable
+from .model import Reading
+
+log = logging.getLogger(__name__)
+
+AddResult = Literal["new", "duplicate"]
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    received REAL NOT NULL,
+    body BLOB NOT NULL,            -- the CBOR batch item (docs/protocol.md §3)
+    UNIQUE (device, seq)
+);
+CREATE TABLE IF NOT EXISTS seen (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('batch_counter', 0);
+"""
+
+_PRUNE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A reading the cloud rejected for good, and why."""
+
+    device: str
+    seq: int
+    reason: str
+
+
+class Store:
+    """The gateway's durable reading queue (an async context manager)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_readings: int,
+        retry_after_s: int,
+        dedup_window_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.max_readings = max_readings
+        self.retry_after_s = retry_after_s
+        self.dedup_window_s = dedup_window_s
+        self._clock = clock
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._depth = 0
+        self._dead = 0
+        self._last_prune = 0.0
+        self._pending: list[tuple[Reading, asyncio.Future[AddResult]]] = []
+        self._inflight: asyncio.Future[list[AddResult | Exception]] | None = None
+        self._idle: asyncio.Event | None = None
+        self.changed = asyncio.Event()  # set after every commit that queued a new reading
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="machi-store"
+        )
+        self._idle = asyncio.Event()
+        self._idle.set()
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Wait for commits in flight, checkpoint the WAL and close the database."""
+        if self._executor is None:
+            return
+        assert self._idle is not None
+        await self._idle.wait()
+        try:
+            await self._run(self._close)
+        finally:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(SCHEMA)
+            self._depth = conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
+            self._dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open queue {self.path}: {exc}") from exc
+        self._conn = conn
+        log.info("queue %s opened: %d readings waiting, %d dead letters",
+                 self.path, self._depth, self._dead)
+
+    def _close(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("queue checkpoint failed: %s", exc)
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("the queue is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the queue is closed")
+        return self._conn
+
+    # ---- add (group commit) -------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Readings waiting for upload."""
+        return self._depth
+
+    @property
+    def dead_letters(self) -> int:
+        return self._dead
+
+    async def add(self, reading: Reading) -> AddResult:
+        """Queue ``reading`` durably; returns after its commit.
+
+        Raises QueueFull (the queue holds max_readings) or StoreUnavailable (disk full,
+        I/O error): both mean "not stored, try later".
+        """
+        if self._executor is None:
+            raise StoreUnavailable("closed", "the queue is closed",
+                                   retry_after_s=self.retry_after_s)
+        fut: asyncio.Future[AddResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((reading, fut))
+        self._kick()
+        return await fut
+
+    def _kick(self) -> None:
+        if self._inflight is not None or not self._pending or self._executor is None:
+            return
+        assert self._idle is not None
+        group, self._pending = self._pending, []
+        self._idle.clear()
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._executor, self._add_group, [r for r, _ in group])
+        self._inflight = job
+
+        def settle(done: asyncio.Future[list[AddResult | Exception]]) -> None:
+            self._inflight = None
+            failure: BaseException | None = None
+            if done.cancelled():
+                failure = StoreUnavailable("cancelled", retry_after_s=self.retry_after_s)
+            elif done.exception() is not None:
+                failure = done.exception()
+            results = [] if failure is not None else done.result()
+            for i, (_, fut) in enumerate(group):
+                if fut.done():  # the caller gave up (its task was cancelled)
+                    continue
+                res = failure if failure is not None else results[i]
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+            if any(r == "new" for r in results):
+                self.changed.set()
+            self._kick()
+            if self._inflight is None:
+                assert self._idle is not None
+                self._idle.set()
+
+        job.add_done_callback(settle)
+
+    def _add_group(self, readings: Sequence[Reading]) -> list[AddResult | Exception]:
+        """One transaction for a group of readings (runs on the store thread)."""
+        db = self._db
+        now = self._clock()
+        depth = self._depth
+        results: list[AddResult | Exception] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for r in readings:
+                    if db.execute(
+                        "SELECT 1 FROM seen WHERE device = ? AND seq = ?", r.key
+                    ).fetchone():
+                        results.append("duplicate")
+                        continue
+                    if depth >= self.max_readings:
+                        results.append(QueueFull(
+                            "queue-full", f"the queue holds {depth} readings",
+                            retry_after_s=self.retry_after_s,
+                        ))
+                        continue
+                    db.execute("INSERT INTO seen (device, seq, at) VALUES (?, ?, ?)",
+                               (r.device, r.seq, now))
+                    db.execute(
+                        "INSERT INTO queue (device, seq, received, body) VALUES (?, ?, ?, ?)",
+                        (r.device, r.seq, r.received, cbor2.dumps(r.to_wire())),
+                    )
+                    depth += 1
+                    results.append("new")
+                if now - self._last_prune >= _PRUNE_EVERY_S:
+                    self._prune(now)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            reason = "disk-full" if isinstance(exc, sqlite3.OperationalError) and (
+                "full" in str(exc)) else "store-error"
+            log.error("queue commit failed (%s): %s", reason, exc)
+            raise StoreUnavailable(reason, str(exc), retry_after_s=self.retry_after_s) from exc
+        self._depth = depth
+        return results
+
+    def _prune(self, now: float) -> None:
+        cut = now - self.dedup_window_s
+        n = self._db.execute(
+            "DELETE FROM seen WHERE at < ? AND NOT EXISTS "
+            "(SELECT 1 FROM queue q WHERE q.device = seen.device AND q.seq = seen.seq)",
+            (cut,),
+        ).rowcount
+        self._last_prune = now
+        if n:
+            log.debug("pruned %d identities older than the dedup window", n)
+
+    async def prune(self) -> None:
+        """Forget uploaded identities older than the dedup window now (normally automatic)."""
+        def job() -> None:
+            with self._tx():
+                self._prune(self._clock())
+        await self._run(job)
+
+    # ---- read / ack / dead-letter (used by the uplink) -----------------------------
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+    async def oldest(self, n: int) -> list[Reading]:
+        """The ``n`` oldest queued readings, oldest first."""
+        def job() -> list[Reading]:
+            try:
+                rows = self._db.execute(
+                    "SELECT body FROM queue ORDER BY id LIMIT ?", (n,)
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"queue read failed: {exc}") from exc
+            return [Reading.from_wire(cbor2.loads(body)) for (body,) in rows]
+        return await self._run(job)
+
+    async def oldest_received(self) -> float | None:
+        """When the oldest queued reading was received, or None if the queue is empty."""
+        def job() -> float | None:
+            row = self._db.execute("SELECT received FROM queue ORDER BY id LIMIT 1").fetchone()
+            return None if row is None else float(row[0])
+        return await self._run(job)
+
+    async def ack(self, keys: Iterable[tuple[str, int]]) -> int:
+        """Delete the readings the cloud acknowledged; returns how many were queued."""
+        keys = list(keys)
+
+        def job() -> int:
+            with self._tx() as db:
+                n = sum(db.execute("DELETE FROM queue WHERE device = ? AND seq = ?", k).rowcount
+                        for k in keys)
+            self._depth -= n
+            return n
+        return await self._run(job) if keys else 0
+
+    async def dead_letter(self, items: Iterable[DeadLetter]) -> int:
+        """Move readings the cloud rejected for good out of the queue, keeping them."""
+        items = list(items)
+
+        def job() -> int:
+            now = self._clock()
+            n = 0
+            with self._tx() as db:
+                for d in items:
+                    n += db.execute(
+                        "INSERT INTO dead_letters (device, seq, body, reason, at) "
+                        "SELECT device, seq, body, ?, ? FROM queue WHERE device = ? AND seq = ?",
+                        (d.reason, now, d.device, d.seq),
+                    ).rowcount
+                    db.execute("DELETE FROM queue WHERE device = ? AND seq = ?",
+                               (d.device, d.seq))
+            self._depth -= n
+            self._dead += n
+            return n
+        return await self._run(job) if items else 0
+
+    async def next_batch_number(self) -> int:
+        """A batch counter that never repeats, even across restarts."""
+        def job() -> int:
+            with self._tx() as db:
+                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'batch_counter'")
+                return int(db.execute(
+                    "SELECT value FROM meta WHERE key = 'batch_counter'").fetchone()[0])
+        return await self._run(job)
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` / ``ROLLBACK``, with SQLite errors wrapped."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"queue transaction failed: {exc}") from exc
+        return self.db
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.db.execute("COMMIT" if et is None else "ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"queue transaction failed: {exc}") from exc
+        if isinstance(e, sqlite3.Error):
+            raise StoreError(f"queue transaction failed: {e}") from e

@@ -1,0 +1,1 @@
+"""Uplinks: how batches of readings reach the cloud."""

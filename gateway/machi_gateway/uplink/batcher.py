@@ -1,0 +1,174 @@
+"""The batcher: moves readings from the durable queue to the cloud, oldest first.
+
+A batch leaves when ``batch_max`` readings wait or the oldest has waited
+``batch_age_s``. It is deleted from the queue only as the cloud's answer says: "acked"
+pairs are deleted, "rejected" ones move to dead letters, anything else stays. A failed
+send is retried with the *same* batch (same batch_id, same body, so the cloud can
+answer it idempotently) after exponential backoff with full jitter; a 4xx is a
+configuration problem (bad token, ...) and is retried the same way, loudly, never
+deleting anything; a 409 means the id is burnt, so the readings go out under a new id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import BatchConflict, UplinkError, UplinkRefused
+from ..store import Store
+from .base import Batch, Uplink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPolicy:
+    """When to send and how to back off."""
+
+    batch_max: int = 500
+    batch_age_s: float = 2.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.batch_max < 1:
+            raise ValueError("batch_max must be >= 1")
+        if self.batch_age_s < 0 or self.backoff_initial_s <= 0:
+            raise ValueError("batch_age_s must be >= 0 and backoff_initial_s > 0")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+
+    def backoff(self, failures: int, rng: Callable[[], float] = random.random) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2^(failures-1)))."""
+        cap = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** min(failures - 1, 60))
+        return rng() * cap
+
+
+class Batcher:
+    """Runs the upload loop (:meth:`run`) and a bounded last flush (:meth:`drain`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        uplink: Uplink,
+        *,
+        gateway: str,
+        policy: BatchPolicy,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.uplink = uplink
+        self.gateway = gateway
+        self.policy = policy
+        self._clock = clock
+        self._rng = rng
+        self._batch: Batch | None = None  # kept across retries (same batch_id)
+        self.failures = 0
+        self.sent = 0
+        self.batches = 0
+        self.last_ok: float | None = None
+        self.last_error: str | None = None
+
+    @property
+    def backlog(self) -> int:
+        return self.store.depth
+
+    async def run(self) -> None:
+        """Upload forever; cancel to stop (an interrupted batch is kept for :meth:`drain`)."""
+        while True:
+            if self._batch is None:
+                await self._wait_until_due()
+            try:
+                await self._send_one()
+            except UplinkError as exc:
+                await asyncio.sleep(self._failed(exc))
+
+    async def drain(self, timeout_s: float) -> None:
+        """At shutdown: try to send what is queued, for at most ``timeout_s``."""
+        if self.store.depth == 0 or timeout_s <= 0:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.store.depth > 0:
+                    await self._send_one()
+        except TimeoutError:
+            log.info("uplink: last flush stopped after %.1f s, %d readings stay queued",
+                     timeout_s, self.store.depth)
+        except UplinkError as exc:
+            self._failed(exc)
+            log.info("uplink: last flush failed, %d readings stay queued", self.store.depth)
+        else:
+            log.info("uplink: last flush sent everything")
+
+    async def _wait_until_due(self) -> None:
+        while True:
+            self.store.changed.clear()  # before looking, so no commit is missed
+            wait: float | None = None
+            if self.store.depth >= self.policy.batch_max:
+                return
+            if self.store.depth > 0:
+                oldest = await self.store.oldest_received()
+                if oldest is not None:
+                    wait = self.policy.batch_age_s - (self._clock() - oldest)
+                    if wait <= 0:
+                        return
+            try:
+                async with asyncio.timeout(wait):
+                    await self.store.changed.wait()
+            except TimeoutError:
+                pass
+
+    async def _next_batch(self) -> Batch | None:
+        readings = await self.store.oldest(self.policy.batch_max)
+        if not readings:
+            return None
+        number = await self.store.next_batch_number()
+        return Batch(gateway=self.gateway, batch_id=f"{self.gateway}-{number:012d}",
+                     readings=tuple(readings))
+
+    async def _send_one(self) -> None:
+        if self._batch is None:
+            self._batch = await self._next_batch()
+            if self._batch is None:
+                return
+        batch = self._batch
+        try:
+            answer = await self.uplink.send(batch)
+        except BatchConflict:
+            self._batch = None  # the id is burnt: the same readings go out under a new one
+            raise
+        keys = {r.key for r in batch.readings}
+        acked = [k for k in answer.acked if k in keys]
+        rejected = [d for d in answer.rejected if (d.device, d.seq) in keys]
+        deleted = await self.store.ack(acked)
+        dead = await self.store.dead_letter(rejected)
+        self._batch = None
+        for d in rejected:
+            log.error("uplink: cloud rejected %s seq %d (%s); moved to dead letters",
+                      d.device, d.seq, d.reason)
+        missing = len(keys) - len(set(acked)) - len({(d.device, d.seq) for d in rejected})
+        if missing > 0:
+            log.warning("uplink: batch %s: %d readings neither acked nor rejected; they stay "
+                        "queued", batch.batch_id, missing)
+        if not acked and not rejected:
+            raise UplinkError(f"batch {batch.batch_id}: the answer acknowledges nothing")
+        self.sent += deleted
+        self.batches += 1
+        self.failures = 0
+        self.last_ok = self._clock()
+        log.info("uplink: batch %s: %d acked, %d rejected, %d waiting",
+                 batch.batch_id, deleted, dead, self.store.depth)
+
+    def _failed(self, exc: UplinkError) -> float:
+        self.failures += 1
+        self.last_error = str(exc)
+        delay = self.policy.backoff(self.failures, self._rng)
+        level = logging.ERROR if isinstance(exc, UplinkRefused) else logging.WARNING
+        log.log(level, "uplink: %s (failure %d, %d waiting, retry in %.1f s)",
+                exc, self.failures, self.store.depth, delay)
+        return delay

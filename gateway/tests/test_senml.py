@@ -1,0 +1,114 @@
+"""The shared SenML vectors: every valid pack decodes to its reading, every invalid one
+gets its code with a countable reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+import pytest
+
+from machi_gateway.errors import BadReading
+from machi_gateway.model import Reading
+from machi_gateway.senml import decode_pack
+
+RECEIVED = 1795399999.5
+
+
+def _m(m: Any) -> dict[str, Any]:
+    return {k: v for k, v in m.to_wire().items()}
+
+
+def test_valid_vectors(vectors: Callable[[str], Any]) -> None:
+    cases = vectors("senml-readings.json")
+    assert len(cases) >= 5
+    for case in cases:
+        r = decode_pack(bytes.fromhex(case["hex"]), received=RECEIVED, transport="coap")
+        want = case["reading"]
+        assert (r.device, r.seq) == (want["device"], want["seq"]), case["name"]
+        assert r.time == (want["time"] if want["time"] is not None else RECEIVED), case["name"]
+        assert r.received == RECEIVED
+        assert [_m(m) for m in r.measurements] == want["m"], case["name"]
+        # The value types survive: ints stay ints, booleans stay booleans.
+        for got, exp in zip(r.measurements, want["m"], strict=True):
+            value = exp.get("v", exp.get("vs", exp.get("vb")))
+            assert type(got.value) is type(value), (case["name"], got)
+
+
+def test_invalid_vectors_with_code_400(vectors: Callable[[str], Any]) -> None:
+    reasons = {}
+    for case in vectors("senml-invalid.json"):
+        payload = bytes.fromhex(case["hex"])
+        if case["code"] != "4.00":
+            continue
+        with pytest.raises(BadReading) as exc:
+            decode_pack(payload, received=RECEIVED, transport="coap")
+        assert exc.value.code == "4.00"
+        assert exc.value.detail.startswith(exc.value.reason)
+        reasons[case["name"]] = exc.value.reason
+    assert reasons == {
+        "not-cbor": "cbor", "not-array": "not-a-pack", "empty-pack": "not-a-pack",
+        "no-bn": "no-bn", "no-seq": "no-seq", "negative-seq": "bad-seq",
+        "float-seq": "bad-seq", "two-values": "value-count", "no-value": "value-count",
+        "bad-name": "bad-name",
+    }
+
+
+def test_unknown_device_vector_decodes(vectors: Callable[[str], Any]) -> None:
+    """4.01 is the registry's answer, so the pack itself must be well formed."""
+    case = next(c for c in vectors("senml-invalid.json") if c["name"] == "unknown-device")
+    r = decode_pack(bytes.fromhex(case["hex"]), received=RECEIVED, transport="coap")
+    assert r.device == "nobody-0001"
+
+
+def _pack(*records: dict[int, Any]) -> bytes:
+    return bytes(cbor2.dumps(list(records)))
+
+
+META = {0: "seq", 2: 3, -2: "env-0001:"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (_pack(META) + b"\x00", "cbor"),
+        (cbor2.dumps([[1]]), "not-a-record"),
+        (_pack({**META, "x": 1}), "bad-label"),
+        (_pack({**META, -2: "Env 1:"}), "bad-bn"),
+        (_pack({**META, -2: "env-0001"}), "bad-bn"),
+        (_pack({**META, 2: 2**63}), "bad-seq"),
+        (_pack({**META, 2: True}), "bad-seq"),
+        (_pack({0: "seq", -2: "env-0001:"}), "bad-seq"),
+        (_pack({**META, -3: "now"}), "bad-time"),
+        (_pack({**META, -1: 99}), "bad-version"),
+        (_pack(META, {0: "t", 2: float("nan")}), "bad-value"),
+        (_pack(META, {0: "t", 3: 5}), "bad-value"),
+        (_pack(META, {0: "t", 4: 1}), "bad-value"),
+        (_pack(META, {2: 1}), "bad-name"),
+        (_pack(META, {0: "seq", 2: 1}), "bad-name"),
+        (_pack(META, {0: "t", 1: "", 2: 1}), "bad-unit"),
+        (_pack(META, {0: "t", 2: 1, 6: 10}), "record-time"),
+        (_pack(META, {0: "t", 2: 1, 5: 1}), "bad-label"),
+        (_pack(META, {0: "t", 2: 1, -2: "x:"}), "bad-label"),
+        (_pack(META, {0: "t", 2: 1}, {0: "t", 2: 2}), "duplicate-name"),
+    ],
+)
+def test_precise_reasons(payload: bytes, reason: str) -> None:
+    with pytest.raises(BadReading) as exc:
+        decode_pack(payload, received=RECEIVED, transport="coap")
+    assert exc.value.reason == reason
+
+
+def test_base_unit_and_zero_offset_and_no_measurements() -> None:
+    r = decode_pack(_pack({**META, -4: "Cel"}, {0: "a", 2: 1, 6: 0}, {0: "b", 1: "%", 2: 2}),
+                    received=RECEIVED, transport="coap")
+    assert [(m.name, m.unit) for m in r.measurements] == [("a", "Cel"), ("b", "%")]
+    heartbeat = decode_pack(_pack(META), received=RECEIVED, transport="coap")
+    assert heartbeat.measurements == () and heartbeat.seq == 3
+
+
+def test_reading_roundtrips_through_wire_form(vectors: Callable[[str], Any]) -> None:
+    for case in vectors("senml-readings.json"):
+        r = decode_pack(bytes.fromhex(case["hex"]), received=RECEIVED, transport="coap")
+        assert Reading.from_wire(cbor2.loads(cbor2.dumps(r.to_wire()))) == r
