@@ -1,0 +1,114 @@
+# The node config (a JSON object; the contract with `machi fleet` and the provisioning
+# tool). One table holds every key and default; load() returns a complete, checked dict or
+# raises ConfigError naming the key, for the person editing the file.
+#   {"device_id": "env-0001", "type": "env"|"bin"|"light",
+#    "gateway": {"host": "127.0.0.1", "port": 5683},
+#    "interval_s": 2.0, "count": 0,       0 = forever; N = N samples, flush, exit 0
+#    "drain_timeout_s": 60,               with count > 0: give up flushing, exit 3
+#    "state_dir": "/abs/path",            seq store
+#    "seed": 1, "scenario": {...},        virtual sensors (unix board)
+#    "coap": {"ack_timeout_s": 2.0, "ack_random_factor": 1.5, "max_retransmit": 4},
+#    "outbox_slots": 64, "seq_block": 16, "max_wait_s": 60}
+import json
+
+
+class ConfigError(ValueError):
+    pass
+
+
+TYPES = ("env", "bin", "light")
+
+# key: (default, kind); default None = required
+_TOP = {
+    "device_id": (None, str),
+    "type": (None, str),
+    "gateway": (None, dict),
+    "interval_s": (2.0, float),
+    "count": (0, int),
+    "drain_timeout_s": (60.0, float),
+    "state_dir": (None, str),
+    "seed": (1, int),
+    "scenario": ({}, dict),
+    "coap": ({}, dict),
+    "outbox_slots": (64, int),
+    "seq_block": (16, int),
+    # longest back-off honoured from a 5.03 Max-Age (RFC 7252 default Max-Age is 60)
+    "max_wait_s": (60.0, float),
+}
+_COAP = {
+    "ack_timeout_s": (2.0, float),
+    "ack_random_factor": (1.5, float),
+    "max_retransmit": (4, int),
+}
+_GATEWAY = {"host": (None, str), "port": (5683, int)}
+
+
+def _section(src, schema, where):
+    if not isinstance(src, dict):
+        raise ConfigError("%s must be an object" % where)
+    out = {}
+    for k in src:
+        if k not in schema:
+            raise ConfigError("%s%s: unknown key" % (where, k))
+    for k in schema:
+        default, kind = schema[k]
+        if k not in src:
+            if default is None:
+                raise ConfigError("%s%s: required" % (where, k))
+            out[k] = default
+            continue
+        v = src[k]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ConfigError("%s%s: expected %s, got %r" % (where, k, kind.__name__, v))
+        out[k] = v
+    return out
+
+
+def _valid_device(d):
+    if not 1 <= len(d) <= 32:
+        return False
+    for i, c in enumerate(d):
+        if not ("a" <= c <= "z" or "0" <= c <= "9" or (c == "-" and i > 0)):
+            return False
+    return True
+
+
+def check(src):
+    c = _section(src, _TOP, "")
+    c["gateway"] = _section(c["gateway"], _GATEWAY, "gateway.")
+    c["coap"] = _section(c["coap"], _COAP, "coap.")
+    if not _valid_device(c["device_id"]):
+        raise ConfigError("device_id: %r is not [a-z0-9][a-z0-9-]{0,31}" % c["device_id"])
+    if c["type"] not in TYPES:
+        raise ConfigError("type: %r is not one of %s" % (c["type"], ", ".join(TYPES)))
+    if c["interval_s"] <= 0:
+        raise ConfigError("interval_s: must be > 0")
+    if c["count"] < 0:
+        raise ConfigError("count: must be >= 0")
+    if c["drain_timeout_s"] <= 0:
+        raise ConfigError("drain_timeout_s: must be > 0")
+    if not 0 < c["gateway"]["port"] < 65536:
+        raise ConfigError("gateway.port: out of range")
+    co = c["coap"]
+    if co["ack_timeout_s"] <= 0:
+        raise ConfigError("coap.ack_timeout_s: must be > 0")
+    if co["ack_random_factor"] < 1:
+        raise ConfigError("coap.ack_random_factor: must be >= 1")
+    if not 0 <= co["max_retransmit"] <= 20:
+        raise ConfigError("coap.max_retransmit: must be 0..20")
+    if c["outbox_slots"] < 1 or c["seq_block"] < 1 or c["max_wait_s"] < 0:
+        raise ConfigError("outbox_slots, seq_block: must be >= 1; max_wait_s >= 0")
+    return c
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            src = json.load(f)
+    except OSError as e:
+        raise ConfigError("%s: cannot read (%s)" % (path, e))
+    except ValueError as e:
+        raise ConfigError("%s: not JSON (%s)" % (path, e))
+    return check(src)
