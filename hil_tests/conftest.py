@@ -75,6 +75,7 @@ def start_fleet(workdir: Path, gateway: Gateway) -> Iterator[Callable[[list[Node
 
     def start(specs: list[NodeSpec]) -> Fleet:
         write_devices_file(gateway.devices_path, specs)
+        gateway.wait_devices(len(specs))
         fleet = Fleet(specs=specs, workdir=workdir, gateway=gateway.coap, coap=FAST_COAP)
         fleets.append(fleet)
         fleet.start()

@@ -56,6 +56,9 @@ class ManagedProcess:
     log_path: Path
     ready_file: Path | None = None
     env: Mapping[str, str] | None = None
+    # the MicroPython unix port has no `signal` module: SIGTERM kills it outright, while
+    # SIGINT raises KeyboardInterrupt and lets a node log its clean stop
+    stop_signal: int = signal.SIGTERM
     popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -123,11 +126,11 @@ class ManagedProcess:
             self.popen.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout`: returns the exit code."""
+        """`stop_signal`, then SIGKILL after `timeout`: returns the exit code."""
         if self.popen is None:
             return None
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(self.stop_signal)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

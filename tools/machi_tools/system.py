@@ -12,8 +12,10 @@ import contextlib
 import json
 import re
 import secrets
+import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +199,19 @@ class Gateway:
     def stop(self) -> int | None:
         return self.process.stop(timeout=15) if self.process else None
 
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.health_url}/healthz", timeout=5) as resp:
+            data: dict[str, Any] = json.load(resp)
+        return data
+
+    def wait_devices(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until the gateway has (re)loaded a registry of `n` devices."""
+        deadline = time.monotonic() + timeout
+        while (known := self.health().get("devices")) != n:
+            if time.monotonic() > deadline:
+                raise ProcessError(f"gateway knows {known} devices, expected {n}")
+            time.sleep(0.1)
+
     def kill(self) -> None:
         if self.process:
             self.process.kill()
@@ -274,6 +289,7 @@ class Node:
                 str(self.config_path),
             ],
             log_path=self.log_path,
+            stop_signal=signal.SIGINT,
         )
         self.process.start()
 
@@ -319,9 +335,9 @@ class Fleet:
                 for n in self.nodes}
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes:  # all at once, then wait for each
             if node.process is not None:
-                node.process.signal(15)
+                node.process.signal(signal.SIGINT)
         for node in self.nodes:
             if node.process is not None:
                 node.process.stop(timeout=5)
