@@ -121,6 +121,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                     console.print(f"[red]nodes exited early:[/] {dead}\n{fleet.logs()}")
                     return 1
                 time.sleep(1.0)
+        console.print()
     except KeyboardInterrupt:
         console.print("\nstopping (Ctrl-C)...")
     finally:
