@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the job failed (details printed), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -116,8 +117,14 @@ def cmd_fleet(args: argparse.Namespace, console: Console) -> int:
     return 1 if failed else 0
 
 
+def _terminate_like_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (systemd, CI, `kill`) stops the demo or fleet as gracefully as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate_like_interrupt)
     console = Console()
     try:
         if args.command == "demo":
