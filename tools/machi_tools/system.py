@@ -96,6 +96,7 @@ class Cloud:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     process: ManagedProcess | None = None
     url: str = ""
+    port: int = 0  # 0: a free port at first start; a restart keeps the port it got
 
     def start(self, timeout: float = 30.0) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,7 @@ class Cloud:
                 executable("machi-cloud"),
                 "--db", str(self.workdir / "cloud.sqlite"),
                 "--host", "127.0.0.1",
-                "--port", "0",
+                "--port", str(self.port),
                 "--ready-file", str(self.workdir / "cloud.ready"),
             ],
             log_path=self.workdir / "logs" / "cloud.log",
@@ -114,10 +115,15 @@ class Cloud:
         )
         self.process.start()
         self.url = str(self.process.wait_ready(timeout)["url"])
+        self.port = int(self.url.rsplit(":", 1)[1])
         return self.url
 
     def stop(self) -> int | None:
         return self.process.stop() if self.process else None
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
 
 
 @dataclass
