@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -82,6 +83,7 @@ class Report:
     udp_proxy: dict[str, int] = field(default_factory=dict)
     http_proxy: dict[str, int] = field(default_factory=dict)
     node_exit_codes: dict[str, int | None] = field(default_factory=dict)
+    gateway_resources: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -97,7 +99,8 @@ class Report:
             f"scenario {self.scenario} seed={self.seed}: produced {self.produced}, stored "
             f"{self.stored}, lost {lost}, duplicated {dup}, rejected {self.rejected or 0}, "
             f"dropped by nodes {self.dropped_by_nodes}, ACK latency ms {self.ack_ms}, "
-            f"{self.seconds:.1f}s; udp proxy {self.udp_proxy}; http proxy {self.http_proxy}"
+            f"{self.seconds:.1f}s; gateway {self.gateway_resources}; "
+            f"udp proxy {self.udp_proxy}; http proxy {self.http_proxy}"
             + ("" if self.ok else f"; FAILED (rerun with --seed {self.seed}): lost={self.lost} "
                f"dup={self.duplicated} unexpected={self.unexpected} "
                f"exit={self.node_exit_codes}")
@@ -113,6 +116,20 @@ def _percentiles(values: list[float]) -> dict[str, float]:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     return {"p50": pick(0.50), "p99": pick(0.99), "max": ordered[-1]}
+
+
+def process_resources(pid: int) -> dict[str, float]:
+    """Peak resident memory (MiB) and CPU time (s) of a live process, from /proc."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return {}
+    hwm_kib = next(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith("VmHWM:"))
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return {"peak_rss_mib": round(hwm_kib / 1024, 1), "cpu_s": round(cpu_s, 2)}
 
 
 def _proxy(name: str, module: str, workdir: Path, args: list[str]) -> ManagedProcess:
@@ -256,6 +273,8 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
         report.dropped_by_nodes = sum(1 for e in events if e.event == "dropped")
         report.ack_ms = _percentiles([float(e.fields["ms"]) for e in events
                                       if e.event == "ack" and "ms" in e.fields])
+        if run.gateway is not None and run.gateway.process is not None:
+            report.gateway_resources = process_resources(run.gateway.process.pid)
     finally:
         run.stop()
         report.seconds = time.monotonic() - started
