@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all demo test lint bench soak clean
+.PHONY: all venv demo test system-deps lint bench soak clean
 
 all: test
 
@@ -19,7 +19,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/machi demo
 
-test: $(STAMP)
+# the tests also talk to real peers from Debian: coap-client, chromium, mosquitto, postgresql
+system-deps: tools/system-deps.sh
+	bash tools/system-deps.sh
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
