@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import dashboard, ingest, problems, query
+from . import audit_api, commands, dashboard, exports, ingest, problems, query, registry
 from .settings import Settings
 from .storage import Storage
 
 
 def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
-    """A FastAPI app serving the ingest, query and dashboard endpoints."""
+    """A FastAPI app serving ingest, query and exports, registry, commands, audit, dashboard."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,9 +41,14 @@ def create_app(settings: Settings, storage: Storage | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.storage = storage
     app.state.refused = Counter()
+    app.state.wakeups = commands.Wakeups()
     problems.install(app)
     app.include_router(ingest.router)
+    app.include_router(exports.router)  # before query: /v1/readings/aggregate
     app.include_router(query.router)
+    app.include_router(registry.router)
+    app.include_router(commands.router)
+    app.include_router(audit_api.router)
     app.include_router(dashboard.router)
     _document_security(app)
     return app
@@ -60,7 +65,8 @@ def _document_security(app: FastAPI) -> None:
             components.setdefault("securitySchemes", {})["bearer"] = {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "the gateway's token (one per gateway)",
+                "description": "a gateway's token (one per gateway), or a person's token "
+                "with a role: viewer < operator < admin (docs/cloud.md, Authentication)",
             }
             app.openapi_schema = schema
         return app.openapi_schema

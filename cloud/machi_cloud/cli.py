@@ -23,15 +23,20 @@ from pathlib import Path
 import uvicorn
 
 from .app import create_app
+from .errors import StorageUnavailable
 from .settings import (
+    API_TOKENS_ENV,
+    DATABASE_URL_ENV,
     TOKENS_ENV,
     ConfigError,
     GatewayTokens,
     Settings,
+    parse_api_token_list,
     parse_token_list,
     settings_from_toml,
     with_overrides,
 )
+from .storage import Storage
 
 log = logging.getLogger("machi_cloud")
 
@@ -40,10 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="machi-cloud",
         description="machi cloud ingest service: gateways POST CBOR batches, people query them.",
-        epilog=f"Gateway tokens may also come from {TOKENS_ENV}='gw-01=secret,gw-02=...'.",
+        epilog=f"Gateway tokens may also come from {TOKENS_ENV}='gw-01=secret,gw-02=...'. "
+        "`machi-cloud audit-verify --db PATH` checks the audit log's hash chain.",
     )
     p.add_argument("--config", type=Path, help="TOML settings file (flags override it)")
     p.add_argument("--db", type=Path, help="SQLite database file (default machi-cloud.sqlite)")
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL instead of SQLite: postgresql://user[:password]@host[:port]/db "
+        f"(or {DATABASE_URL_ENV}, which keeps a password off the command line)",
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on; 0 = any free port (default 8080)")
     p.add_argument(
@@ -52,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="GW=TOKEN",
         help="a gateway's bearer token (repeatable); TOKEN may be sha256:<hex digest>",
+    )
+    p.add_argument(
+        "--api-token",
+        action="append",
+        default=[],
+        metavar="NAME=ROLE:TOKEN",
+        help="a person's bearer token (repeatable); ROLE viewer, operator or admin; TOKEN may "
+        f"be sha256:<hex digest>; also {API_TOKENS_ENV}",
+    )
+    p.add_argument(
+        "--private-reads",
+        action="store_true",
+        default=None,
+        help="reading endpoints and the dashboard data need a viewer token (default: open)",
     )
     p.add_argument("--ready-file", type=Path, help="write {url, pid} JSON here once listening")
     p.add_argument(
@@ -78,9 +104,17 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str] | None = Non
         tokens = tokens.merged(
             parse_token_list(",".join(args.gateway_token), key="--gateway-token")
         )
+    people = settings.api_tokens
+    if env.get(API_TOKENS_ENV):
+        people = people.merged(parse_api_token_list(env[API_TOKENS_ENV], key=API_TOKENS_ENV))
+    if args.api_token:
+        people = people.merged(parse_api_token_list(",".join(args.api_token), key="--api-token"))
     return with_overrides(
         settings,
+        api_tokens=people,
+        open_reads=False if args.private_reads else None,
         db=args.db,
+        database_url=args.database_url or env.get(DATABASE_URL_ENV) or None,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
@@ -128,8 +162,34 @@ async def serve(
     stop_requested: Sequence[int] = (),
 ) -> None:
     """Serve until uvicorn is told to exit; write the ready file once it listens."""
+    if not settings.database_url:  # SQLite: the app's lifespan opens settings.db
+        await _serve(settings, sock, ready_file, stop_requested, None, str(settings.db))
+        return
+    # PostgreSQL: opened here and handed to the app, which leaves opening/closing to us.
+    from .storage.postgres import PostgresStorage, redact
+
+    storage = PostgresStorage(settings.database_url)
+    try:
+        await storage.open()
+    except StorageUnavailable as exc:
+        raise SystemExit(f"machi-cloud: {exc.detail}") from exc
+    try:
+        where = redact(settings.database_url)
+        await _serve(settings, sock, ready_file, stop_requested, storage, where)
+    finally:
+        await storage.close()
+
+
+async def _serve(
+    settings: Settings,
+    sock: socket.socket,
+    ready_file: Path | None,
+    stop_requested: Sequence[int],
+    storage: Storage | None,
+    where: str,
+) -> None:
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, storage),
         log_level=settings.log_level,
         access_log=settings.access_log,
         lifespan="on",
@@ -147,7 +207,7 @@ async def serve(
             await asyncio.sleep(0.02)
         if ready_file is not None:
             write_ready_file(ready_file, url)
-        log.info("machi-cloud listening on %s (db %s)", url, settings.db)
+        log.info("machi-cloud listening on %s (db %s)", url, where)
 
     async with asyncio.TaskGroup() as tasks:
         serving = tasks.create_task(server.serve(sockets=[sock]))
@@ -158,6 +218,11 @@ async def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["audit-verify"]:  # `machi-cloud audit-verify --db PATH`
+        from .audit import main as audit_main
+
+        return audit_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args)

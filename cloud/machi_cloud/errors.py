@@ -97,3 +97,43 @@ class StorageUnavailable(ProblemError):
     status = 503
     title = "Service Unavailable"
     slug = "storage-unavailable"
+
+
+class NotFound(ProblemError):
+    """The device or command named in the path is not known."""
+
+    status = 404
+    title = "Not Found"
+    slug = "not-found"
+
+
+class InvalidRequest(ProblemError):
+    """A well-formed body whose values break a rule (a dim level of 150, a bin turned on)."""
+
+    status = 422
+    title = "Unprocessable Content"
+    slug = "invalid-request"
+
+
+class ShortIdsExhausted(ProblemError):
+    """A gateway already has 65535 devices: LoRa short ids are uint16."""
+
+    status = 409
+    title = "Conflict"
+    slug = "short-ids-exhausted"
+
+
+class NotSupported(ProblemError):
+    """The configured storage backend does not implement this feature (yet)."""
+
+    status = 501
+    title = "Not Implemented"
+    slug = "not-supported"
+
+
+class BadBody(ProblemError):
+    """A request body that is not valid JSON (or CBOR)."""
+
+    status = 400
+    title = "Bad Request"
+    slug = "bad-body"

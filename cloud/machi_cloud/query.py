@@ -10,14 +10,17 @@ import csv
 import io
 import json
 import math
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from .errors import BadQuery, StorageUnavailable
+from .auth import Principal, reader
+from .errors import BadQuery, NotSupported, StorageUnavailable
+from .status import fleet_view
 from .storage import Cursor, ReadingQuery, ReadingRow, Storage
 from .storage.base import MAX_QUERY_LIMIT
 
@@ -88,13 +91,15 @@ def _csv(rows: list[ReadingRow]) -> str:
     response_class=Response,
     responses={
         200: {
-            "description": "JSON `{count, readings, next}` or CSV with a header row",
-            "content": {"application/json": {}, "text/csv": {}},
+            "description": "JSON `{count, readings, next}`, CSV with a header row, or a SenML "
+            "JSON pack (application/senml+json, names `<device>:<metric>`)",
+            "content": {"application/json": {}, "text/csv": {}, "application/senml+json": {}},
         }
     },
 )
 async def get_readings(
     request: Request,
+    _: Annotated[Principal | None, Depends(reader)],
     device: Annotated[str | None, Query(max_length=64, description="device id")] = None,
     metric: Annotated[str | None, Query(max_length=64, description="metric name")] = None,
     since: Annotated[str | None, Query(description="inclusive: epoch seconds or ISO 8601")] = None,
@@ -103,7 +108,7 @@ async def get_readings(
     after: Annotated[
         str | None, Query(max_length=512, description="the `next` cursor of the previous page")
     ] = None,
-    format: Annotated[Literal["json", "csv"], Query()] = "json",
+    format: Annotated[Literal["json", "csv", "senml"], Query()] = "json",
 ) -> Response:
     storage: Storage = request.app.state.storage
     try:
@@ -128,6 +133,10 @@ async def get_readings(
         else None
     )
     headers = {"X-Next-Cursor": next_cursor} if next_cursor else None
+    if format == "senml":
+        from .exports import SENML_JSON, senml_pack
+
+        return Response(content=senml_pack(rows), media_type=SENML_JSON, headers=headers)
     if format == "csv":
         return Response(
             content=_csv(rows),
@@ -137,27 +146,21 @@ async def get_readings(
     return _json({"count": len(rows), "readings": [_row(r) for r in rows], "next": next_cursor})
 
 
-@router.get("/v1/devices", summary="Every device with its latest values", tags=["query"])
-async def get_devices(request: Request) -> Response:
+@router.get(
+    "/v1/devices",
+    summary="Every registered or seen device: registration, health, battery, latest values",
+    tags=["query"],
+)
+async def get_devices(
+    request: Request, _: Annotated[Principal | None, Depends(reader)]
+) -> Response:
     storage: Storage = request.app.state.storage
-    devices = await storage.devices()
-    return _json(
-        {
-            "devices": [
-                {
-                    "device": d.device,
-                    "last_seen": d.last_seen,
-                    "last_seq": d.last_seq,
-                    "readings": d.readings,
-                    "latest": {
-                        metric: {"value": v.value, "unit": v.unit, "time": v.time}
-                        for metric, v in d.latest.items()
-                    },
-                }
-                for d in devices
-            ]
-        }
-    )
+    summaries = await storage.devices()
+    try:
+        registered = await storage.registry()
+    except NotSupported:  # a backend without a registry yet: readings only
+        registered = []
+    return _json({"devices": fleet_view(registered, summaries, time.time())})
 
 
 @router.get("/healthz", summary="Liveness and database health", tags=["ops"])

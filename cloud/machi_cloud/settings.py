@@ -12,6 +12,7 @@ its timing, how much of a guessed token was right.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import hmac
 import re
@@ -28,6 +29,10 @@ _HASH_PREFIX = "sha256:"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 TOKENS_ENV = "MACHI_CLOUD_GATEWAY_TOKENS"
+DATABASE_URL_ENV = "MACHI_CLOUD_DATABASE_URL"
+_DATABASE_SCHEMES = ("postgresql://", "postgres://")
+API_TOKENS_ENV = "MACHI_CLOUD_API_TOKENS"
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 class ConfigError(CloudError, ValueError):
@@ -93,6 +98,77 @@ class GatewayTokens:
         return len(self.digests)
 
 
+class Role(enum.IntEnum):
+    """What a person's token may do; each role may do everything of the roles below it."""
+
+    viewer = 1  # read readings, devices, commands (when reads are not open)
+    operator = 2  # + send commands
+    admin = 3  # + register devices, issue keys, read the audit log
+
+
+def _digest_of(value: str, key: str) -> bytes:
+    if value.startswith(_HASH_PREFIX):
+        hexdigest = value[len(_HASH_PREFIX) :].lower()
+        if not _HEX64.match(hexdigest):
+            raise ConfigError(f"{key}: 'sha256:' must be followed by 64 hex digits")
+        return bytes.fromhex(hexdigest)
+    return hash_token(value)
+
+
+@dataclass(frozen=True)
+class ApiTokens:
+    """People's bearer tokens: `{name: (role, SHA-256 digest)}`; tokens themselves are not kept.
+
+    Configured as `name = "ROLE:TOKEN"` (TOKEN may be `sha256:<hex>`); the name and role
+    become the actor recorded in the audit log (`admin:alice`).
+    """
+
+    entries: Mapping[str, tuple[Role, bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, (role, digest) in self.entries.items():
+            if not TOKEN_NAME.match(name):
+                raise ConfigError(f"api_tokens: name {name!r} must match {TOKEN_NAME.pattern}")
+            if not isinstance(role, Role) or len(digest) != 32:
+                raise ConfigError(f"api_tokens.{name}: needs a role and a 32-byte digest")
+
+    @classmethod
+    def from_mapping(cls, tokens: Mapping[str, str], *, key: str = "api_tokens") -> ApiTokens:
+        """`{name: "ROLE:TOKEN"}` as configured."""
+        entries: dict[str, tuple[Role, bytes]] = {}
+        for name, value in tokens.items():
+            if not isinstance(value, str) or ":" not in value:
+                raise ConfigError(
+                    f"{key}.{name}: must be 'ROLE:TOKEN' with ROLE one of "
+                    f"{', '.join(r.name for r in Role)}"
+                )
+            role_name, _, token = value.partition(":")
+            if role_name not in Role.__members__:
+                raise ConfigError(
+                    f"{key}.{name}: unknown role {role_name!r} "
+                    f"(known: {', '.join(r.name for r in Role)})"
+                )
+            if not token:
+                raise ConfigError(f"{key}.{name}: the token after '{role_name}:' is empty")
+            entries[name] = (Role[role_name], _digest_of(token, f"{key}.{name}"))
+        return cls(entries=entries)
+
+    def merged(self, other: ApiTokens) -> ApiTokens:
+        return ApiTokens(entries={**self.entries, **other.entries})
+
+    def lookup(self, token: str) -> tuple[str, Role] | None:
+        """(name, role) owning `token`, or None; every digest is compared (no early exit)."""
+        presented = hash_token(token)
+        found: tuple[str, Role] | None = None
+        for name, (role, digest) in self.entries.items():
+            if hmac.compare_digest(presented, digest):
+                found = (name, role)
+        return found
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may carry (docs/protocol.md §3)."""
@@ -112,16 +188,27 @@ class Settings:
     """Everything `create_app` and the CLI need; validated on construction."""
 
     db: Path = Path("machi-cloud.sqlite")
+    database_url: str | None = None  # PostgreSQL; when set, `db` is not used
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
     access_log: bool = False
     gateway_tokens: GatewayTokens = field(default_factory=GatewayTokens)
+    api_tokens: ApiTokens = field(default_factory=ApiTokens)
+    open_reads: bool = True  # False: reading endpoints need a viewer (or higher) token
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, Path):
             object.__setattr__(self, "db", Path(self.db))
+        if self.database_url is not None and (
+            not isinstance(self.database_url, str)
+            or not self.database_url.startswith(_DATABASE_SCHEMES)
+        ):
+            raise ConfigError(
+                "database_url: must be a PostgreSQL URL "
+                "postgresql://user[:password]@host[:port]/database"
+            )
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"host: must be a host name or address, got {self.host!r}")
         if (
@@ -132,10 +219,25 @@ class Settings:
             raise ConfigError(
                 f"port: must be an integer 0..65535 (0 = any free port), got {self.port!r}"
             )
+        if not isinstance(self.open_reads, bool):
+            raise ConfigError(f"open_reads: must be true or false, got {self.open_reads!r}")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(
                 f"log_level: must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
             )
+
+
+def parse_api_token_list(text: str, *, key: str) -> ApiTokens:
+    """`"alice=admin:secret,bob=operator:sha256:<hex>"` -> tokens."""
+    pairs: dict[str, str] = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value:
+            raise ConfigError(f"{key}: expected NAME=ROLE:TOKEN, got {name!r}=...")
+        pairs[name.strip()] = value
+    return ApiTokens.from_mapping(pairs, key=key)
 
 
 def parse_token_list(text: str, *, key: str) -> GatewayTokens:
@@ -151,7 +253,18 @@ def parse_token_list(text: str, *, key: str) -> GatewayTokens:
     return GatewayTokens.from_mapping(pairs, key=key)
 
 
-_TOP_KEYS = {"db", "host", "port", "log_level", "access_log", "gateway_tokens", "limits"}
+_TOP_KEYS = {
+    "db",
+    "database_url",
+    "host",
+    "port",
+    "log_level",
+    "access_log",
+    "gateway_tokens",
+    "api_tokens",
+    "open_reads",
+    "limits",
+}
 _LIMIT_KEYS = {"max_body_bytes", "max_batch_readings"}
 
 
@@ -183,6 +296,9 @@ def _settings_from_dict(data: dict[str, Any], *, base: Settings, relative_to: Pa
         _check_type("db", data["db"], str, "a path string")
         db = Path(data["db"])
         values["db"] = db if db.is_absolute() else relative_to / db
+    if "database_url" in data:
+        _check_type("database_url", data["database_url"], str, "a postgresql:// URL string")
+        values["database_url"] = data["database_url"]
     if "host" in data:
         _check_type("host", data["host"], str, "a string")
         values["host"] = data["host"]
@@ -199,6 +315,12 @@ def _settings_from_dict(data: dict[str, Any], *, base: Settings, relative_to: Pa
         _check_type("gateway_tokens", data["gateway_tokens"], dict, "a table gateway = token")
         tokens = GatewayTokens.from_mapping(data["gateway_tokens"])
         values["gateway_tokens"] = base.gateway_tokens.merged(tokens)
+    if "api_tokens" in data:
+        _check_type("api_tokens", data["api_tokens"], dict, 'a table name = "ROLE:TOKEN"')
+        values["api_tokens"] = base.api_tokens.merged(ApiTokens.from_mapping(data["api_tokens"]))
+    if "open_reads" in data:
+        _check_type("open_reads", data["open_reads"], bool, "true or false")
+        values["open_reads"] = data["open_reads"]
     if "limits" in data:
         limits = data["limits"]
         _check_type("limits", limits, dict, "a table")

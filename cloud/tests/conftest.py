@@ -8,7 +8,11 @@ fixtures (`--import-mode=importlib`, no packages).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,19 @@ import pytest
 from fastapi import FastAPI
 
 from machi_cloud.app import create_app
-from machi_cloud.settings import GatewayTokens, Limits, Settings
+from machi_cloud.settings import ApiTokens, GatewayTokens, Limits, Settings
 from machi_cloud.storage.sqlite import SQLiteStorage
 
 VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
 TOKENS = {"gw-01": "secret-01", "gw-02": "secret-02"}
+PEOPLE = {"alice": "admin:admin-secret", "olga": "operator:op-secret", "vic": "viewer:view-secret"}
+AUTH = {
+    "admin": {"Authorization": "Bearer admin-secret"},
+    "operator": {"Authorization": "Bearer op-secret"},
+    "viewer": {"Authorization": "Bearer view-secret"},
+    "gw-01": {"Authorization": f"Bearer {TOKENS['gw-01']}"},
+    "gw-02": {"Authorization": f"Bearer {TOKENS['gw-02']}"},
+}
 
 Post = Callable[..., Awaitable[httpx.Response]]
 
@@ -49,6 +61,7 @@ def settings(tmp_path: Path, limits: Limits) -> Settings:
     return Settings(
         db=tmp_path / "cloud.sqlite",
         gateway_tokens=GatewayTokens.from_mapping(TOKENS),
+        api_tokens=ApiTokens.from_mapping(PEOPLE),
         limits=limits,
     )
 
@@ -139,3 +152,70 @@ def assert_problem(resp: httpx.Response, status: int) -> dict[str, Any]:
 @pytest.fixture(name="assert_problem")
 def assert_problem_fixture() -> Callable[[httpx.Response, int], dict[str, Any]]:
     return assert_problem
+
+
+@pytest.fixture
+def auth() -> dict[str, dict[str, str]]:
+    """Authorization headers by role (`admin`, `operator`, `viewer`) or gateway id."""
+    return AUTH
+
+
+@pytest.fixture
+def register(client: httpx.AsyncClient) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """Register a device as admin: `await register("lamp-01", type="light", lat=.., lon=..)`."""
+
+    async def register(device: str, **fields: Any) -> dict[str, Any]:
+        body = {"type": "env", "gateway": "gw-01", **fields}
+        resp = await client.put(f"/v1/devices/{device}", json=body, headers=AUTH["admin"])
+        assert resp.status_code in (200, 201), resp.text
+        answer: dict[str, Any] = resp.json()
+        return answer
+
+    return register
+
+
+# -- a real machi-cloud process -------------------------------------------------------------
+
+PROCESS_TOKENS = {"admin": "proc-admin", "operator": "proc-operator", "gw-01": "proc-gw-01"}
+
+
+@pytest.fixture
+def process_tokens() -> dict[str, str]:
+    """The bearer tokens of the `cloud` process: admin, operator and gw-01."""
+    return PROCESS_TOKENS
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).parent / "machi-cloud"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "machi_cloud.cli"]
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[str]:
+    """A machi-cloud process on a free port (its URL); tokens in `process_tokens`."""
+    ready, log = tmp_path / "cloud.ready", tmp_path / "cloud.log"
+    t = PROCESS_TOKENS
+    env = {
+        **os.environ,
+        "MACHI_CLOUD_GATEWAY_TOKENS": f"gw-01={t['gw-01']}",
+        "MACHI_CLOUD_API_TOKENS": f"alice=admin:{t['admin']},olga=operator:{t['operator']}",
+    }
+    argv = [*_command(), "--db", str(tmp_path / "c.sqlite"), "--port", "0"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*argv, "--ready-file", str(ready)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, f"exited early:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
+            time.sleep(0.05)
+        yield json.loads(ready.read_text())["url"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

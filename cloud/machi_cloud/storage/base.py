@@ -24,6 +24,17 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 from ..batch import Reading, Rejection, Value
+from ..errors import NotSupported
+from .records import (
+    AggregateQuery,
+    AggregateRow,
+    AuditEntry,
+    Command,
+    CommandQuery,
+    DeliveryReport,
+    DeviceRegistration,
+    RegisteredDevice,
+)
 
 MAX_QUERY_LIMIT = 100_000
 
@@ -205,6 +216,68 @@ class Storage(ABC):
     @abstractmethod
     async def stats(self) -> StorageStats:
         """Cheap totals; raises `StorageUnavailable` when the database cannot answer."""
+
+    # -- control plane: registry, commands, audit, reports ----------------------------------
+    # Each change below appends its audit entry (built with `machi_cloud.audit.chain_entry`
+    # and the helpers next to it) in the same transaction as the change, after the newest
+    # entry: `seq` unique and gapless even with several instances on one database. These
+    # have default bodies (501) only so a backend can be ported one method at a time.
+
+    async def put_device(
+        self, reg: DeviceRegistration, *, actor: str, now: float
+    ) -> tuple[RegisteredDevice, bool]:
+        """Create or update a registration; (device, created). A new device, or one moved to
+        another gateway, gets the lowest free `short_id` of its gateway (1..65535; raise
+        `ShortIdsExhausted` when none is left); its key and `revoked` stay. Audit:
+        `audit.device_change`, appended only when something changed."""
+        raise NotSupported(f"{type(self).__name__} has no device registry yet")
+
+    async def set_device_key(
+        self, device: str, key: bytes | None, *, actor: str, now: float
+    ) -> RegisteredDevice:
+        """Replace the device's key (`key` None: revoke it, `revoked` True; a new key clears
+        `revoked`). `NotFound` for an unregistered device. Audit: `audit.key_change`."""
+        raise NotSupported(f"{type(self).__name__} has no device registry yet")
+
+    async def registry(
+        self, *, gateway: str | None = None, device: str | None = None
+    ) -> list[RegisteredDevice]:
+        """Registered devices (optionally of one gateway, or one device), ordered by id."""
+        raise NotSupported(f"{type(self).__name__} has no device registry yet")
+
+    async def add_command(self, cmd: Command, *, actor: str) -> Command:
+        """Store a new command (state queued). Audit: `audit.command_created`."""
+        raise NotSupported(f"{type(self).__name__} has no commands yet")
+
+    async def commands(self, query: CommandQuery) -> list[Command]:
+        """Commands matching `query`, newest first (`pending_at`: oldest first)."""
+        raise NotSupported(f"{type(self).__name__} has no commands yet")
+
+    async def advance_command(
+        self, cmd_id: str, state: str, *, detail: str, actor: str, now: float
+    ) -> tuple[Command, bool]:
+        """Move a command to `state` if that is forward (`records.moves_forward`), else leave
+        it; (command as it is now, changed). `NotFound` for an unknown id. Audit:
+        `audit.command_moved`, only when changed."""
+        raise NotSupported(f"{type(self).__name__} has no commands yet")
+
+    async def expire_commands(self, now: float) -> int:
+        """Mark queued commands whose `expires` <= now as expired (actor
+        `audit.SYSTEM_EXPIRY`, one audit entry each); how many."""
+        raise NotSupported(f"{type(self).__name__} has no commands yet")
+
+    async def audit_log(self, *, after: int = 0, limit: int = 1000) -> list[AuditEntry]:
+        """Audit entries with seq > `after`, in seq order, at most `limit`."""
+        raise NotSupported(f"{type(self).__name__} has no audit log yet")
+
+    async def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
+        """Numeric values (not text, not booleans) of `query.metric` per device and bucket
+        `floor(time / bucket_s) * bucket_s`, ordered by (device, start)."""
+        raise NotSupported(f"{type(self).__name__} has no aggregation yet")
+
+    async def delivery(self, device: str, *, max_gaps: int = 1000) -> DeliveryReport:
+        """Seq range, count and missing ranges of a device's stored readings."""
+        raise NotSupported(f"{type(self).__name__} has no delivery report yet")
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -7,10 +7,12 @@
   pool of reader threads, each with its own connection; the event loop never blocks.
 - One transaction per batch (`BEGIN IMMEDIATE` ... `COMMIT`) with `executemany` inserts.
 
-Schema (`PRAGMA user_version` = 1): `samples` (one row per reading, key `(device, seq)`),
-`measurements` (key `(device, seq, metric)`), `latest` (the newest value per device and
-metric, kept on insert so the dashboard never scans history), `devices` (last seen, last
-seq, count) and `batches` (key `(gateway, batch_id)`, body SHA-256 and the CBOR answer).
+Schema (`PRAGMA user_version` = 2; a version 1 file gains the new tables on open):
+`samples` (one row per reading, key `(device, seq)`), `measurements` (key
+`(device, seq, metric)`), `latest` (the newest value per device and metric, kept on insert
+so the dashboard never scans history), `devices` (last seen, last seq, count) and
+`batches` (key `(gateway, batch_id)`, body SHA-256 and the CBOR answer);
+version 2 adds `registry`, `commands` and the append-only `audit` (see `sqlite_control.py`).
 Value and time columns have no declared type so SQLite keeps ints as ints and floats as
 floats (21 stays 21, 21.0 stays 21.0).
 """
@@ -30,6 +32,7 @@ import cbor2
 
 from ..batch import Reading, Rejection, Value
 from ..errors import BatchConflict, StorageUnavailable
+from . import sqlite_control as control
 from .base import (
     BatchResult,
     DeviceSummary,
@@ -39,9 +42,19 @@ from .base import (
     Storage,
     StorageStats,
 )
+from .records import (
+    AggregateQuery,
+    AggregateRow,
+    AuditEntry,
+    Command,
+    CommandQuery,
+    DeliveryReport,
+    DeviceRegistration,
+    RegisteredDevice,
+)
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _IN_CHUNK = 500
 
 _SCHEMA = """
@@ -204,7 +217,7 @@ class SQLiteStorage(Storage):
                 f"{self.path} has schema version {version}; this machi-cloud knows "
                 f"{SCHEMA_VERSION}: upgrade machi-cloud"
             )
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA + control.SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -437,3 +450,56 @@ class SQLiteStorage(Storage):
             return StorageStats(devices=devices, readings=readings, batches=batches)
 
         return await self._read(run)
+
+    # -- control plane (registry, commands, audit, reports) ------------------------------
+
+    async def _change(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` inside one write transaction: the change and its audit entry, or neither."""
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            result = fn(conn)
+            conn.commit()
+            return result
+
+        return await self._write(run)
+
+    async def put_device(
+        self, reg: DeviceRegistration, *, actor: str, now: float
+    ) -> tuple[RegisteredDevice, bool]:
+        return await self._change(lambda c: control.put_device(c, reg, actor, now))
+
+    async def set_device_key(
+        self, device: str, key: bytes | None, *, actor: str, now: float
+    ) -> RegisteredDevice:
+        return await self._change(lambda c: control.set_device_key(c, device, key, actor, now))
+
+    async def registry(
+        self, *, gateway: str | None = None, device: str | None = None
+    ) -> list[RegisteredDevice]:
+        return await self._read(lambda c: control.registry(c, gateway, device))
+
+    async def add_command(self, cmd: Command, *, actor: str) -> Command:
+        return await self._change(lambda c: control.add_command(c, cmd, actor))
+
+    async def commands(self, query: CommandQuery) -> list[Command]:
+        return await self._read(lambda c: control.commands(c, query))
+
+    async def advance_command(
+        self, cmd_id: str, state: str, *, detail: str, actor: str, now: float
+    ) -> tuple[Command, bool]:
+        return await self._change(
+            lambda c: control.advance_command(c, cmd_id, state, detail, actor, now)
+        )
+
+    async def expire_commands(self, now: float) -> int:
+        return await self._change(lambda c: control.expire_commands(c, now))
+
+    async def audit_log(self, *, after: int = 0, limit: int = 1000) -> list[AuditEntry]:
+        return await self._read(lambda c: control.audit_log(c, after, limit))
+
+    async def aggregate(self, query: AggregateQuery) -> list[AggregateRow]:
+        return await self._read(lambda c: control.aggregate(c, query))
+
+    async def delivery(self, device: str, *, max_gaps: int = 1000) -> DeliveryReport:
+        return await self._read(lambda c: control.delivery(c, device, max_gaps))

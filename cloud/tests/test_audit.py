@@ -1,0 +1,203 @@
+"""The hash-chained audit log: every change is recorded, and tampering is detected.
+
+Tampering is done the way an intruder with the database file would: directly in SQLite,
+after dropping the append-only triggers, while the service is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from machi_cloud import audit
+from machi_cloud.settings import Settings
+from machi_cloud.storage.sqlite import SQLiteStorage
+
+Register = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+async def history(
+    client: httpx.AsyncClient, register: Register, auth: dict[str, dict[str, str]]
+) -> list[dict[str, Any]]:
+    """Six entries: two registrations, an update, a key, a command and its first state."""
+    await register("lamp-01", type="light", lat=35.0, lon=139.0)
+    await register("env-0001")
+    await register("lamp-01", type="light", lat=35.0, lon=139.5, site="north gate")
+    assert (await client.post("/v1/devices/lamp-01/keys", headers=auth["admin"])).status_code == 201
+    cmd = await client.post(
+        "/v1/commands",
+        json={"device": "lamp-01", "name": "dim", "args": {"level": 30}},
+        headers=auth["operator"],
+    )
+    assert cmd.status_code == 201, cmd.text
+    state = await client.post(
+        f"/v1/commands/{cmd.json()['id']}/state", json={"state": "sent"}, headers=auth["gw-01"]
+    )
+    assert state.status_code == 200, state.text
+    resp = await client.get("/v1/audit", headers=auth["admin"])
+    assert resp.status_code == 200, resp.text
+    entries: list[dict[str, Any]] = resp.json()["entries"]
+    return entries
+
+
+async def test_every_change_is_chained_with_its_actor(history: list[dict[str, Any]]) -> None:
+    assert [e["action"] for e in history] == [
+        "device.create",
+        "device.create",
+        "device.update",
+        "device.key.issue",
+        "command.create",
+        "command.state",
+    ]
+    assert [e["actor"] for e in history] == [
+        "admin:alice",
+        "admin:alice",
+        "admin:alice",
+        "admin:alice",
+        "operator:olga",
+        "gateway:gw-01",
+    ]
+    assert [e["seq"] for e in history] == [1, 2, 3, 4, 5, 6]
+    assert history[0]["prev_hash"] == audit.GENESIS
+    for before, after in itertools.pairwise(history):
+        assert after["prev_hash"] == before["hash"]
+    assert history[2]["details"] == {
+        "changed": {"lon": [139.0, 139.5], "site": [None, "north gate"]}
+    }
+    key_entry = history[3]["details"]
+    assert len(key_entry["key_id"]) == 16 and "key" not in key_entry  # never the key itself
+    assert history[5]["details"]["from"] == "queued" and history[5]["details"]["to"] == "sent"
+
+
+async def test_verify_endpoint_and_function_agree_on_a_sound_chain(
+    client: httpx.AsyncClient,
+    history: list[dict[str, Any]],
+    auth: dict[str, dict[str, str]],
+    storage: SQLiteStorage,
+    settings: Settings,
+) -> None:
+    resp = await client.get("/v1/audit/verify", headers=auth["admin"])
+    assert resp.json() == {
+        "ok": True,
+        "problems": [],
+        "entries": 6,
+        "head": {"seq": 6, "hash": history[-1]["hash"]},
+    }
+    assert await audit.verify_storage(storage) == []
+    assert audit.verify(settings.db) == []
+    for role in ("operator", "viewer", "gw-01"):
+        assert (await client.get("/v1/audit", headers=auth[role])).status_code == 403
+
+
+def _tamper(db: Path, *sql: str) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("DROP TRIGGER audit_append_only_update")
+        conn.execute("DROP TRIGGER audit_append_only_delete")
+        for statement in sql:
+            conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def _closed(storage: SQLiteStorage) -> None:
+    await storage.close()  # the intruder works on the file while the service is down
+
+
+async def test_the_application_cannot_edit_or_delete_entries(
+    history: list[dict[str, Any]], settings: Settings
+) -> None:
+    conn = sqlite3.connect(settings.db)
+    try:
+        for statement in ("UPDATE audit SET actor = 'x' WHERE seq = 1", "DELETE FROM audit"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                conn.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            ["UPDATE audit SET details = replace(details, '30', '100') WHERE seq = 5"],
+            ["entry 5: its content does not match its hash"],
+        ),
+        (["UPDATE audit SET actor = 'admin:mallory' WHERE seq = 2"], ["entry 2: its content"]),
+        (["DELETE FROM audit WHERE seq = 3"], ["entry 4: expected seq 3", "entry 4: prev_hash"]),
+        (
+            [  # swap entries 2 and 3 (seq is the key, so via a free number)
+                "UPDATE audit SET seq = 100 WHERE seq = 2",
+                "UPDATE audit SET seq = 2 WHERE seq = 3",
+                "UPDATE audit SET seq = 3 WHERE seq = 100",
+            ],
+            ["entry 2: prev_hash", "entry 2: its content", "entry 3: prev_hash"],
+        ),
+    ],
+    ids=["edited-details", "edited-actor", "deleted", "reordered"],
+)
+async def test_verify_detects_tampering_in_sqlite(
+    history: list[dict[str, Any]],
+    storage: SQLiteStorage,
+    settings: Settings,
+    sql: list[str],
+    expected: list[str],
+) -> None:
+    await _closed(storage)
+    _tamper(settings.db, *sql)
+    problems = audit.verify(settings.db)
+    for fragment in expected:
+        assert any(p.startswith(fragment) for p in problems), (fragment, problems)
+    # and the console entry point says so with exit code 1
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "machi_cloud.cli", "audit-verify", "--db", str(settings.db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "TAMPERED" in out.stdout
+
+
+async def test_console_entry_point_on_a_sound_chain_and_on_a_missing_file(
+    history: list[dict[str, Any]], storage: SQLiteStorage, settings: Settings, tmp_path: Path
+) -> None:
+    await _closed(storage)
+    cmd = [sys.executable, "-m", "machi_cloud.cli", "audit-verify", "--db"]
+    run = subprocess.run
+    ok = await asyncio.to_thread(run, [*cmd, str(settings.db)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"OK, 6 entries, head seq 6 hash {history[-1]['hash']}" in ok.stdout
+    gone = await asyncio.to_thread(
+        run, [*cmd, str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert gone.returncode == 2 and "no such file" in gone.stderr
+
+
+def test_chain_entry_hash_is_the_documented_formula() -> None:
+    e = audit.chain_entry(
+        (41, "ab" * 32), time=1795390000.12345, actor="admin:a", action="x", subject="s",
+        details={"b": 1, "a": "é"},
+    )  # fmt: skip
+    import hashlib
+
+    body = (
+        '{"action":"x","actor":"admin:a","details":{"a":"é","b":1},"prev_hash":"'
+        + "ab" * 32
+        + '","seq":42,"subject":"s","time":1795390000.123}'
+    )
+    assert e.seq == 42 and e.time == 1795390000.123
+    assert e.hash == hashlib.sha256(body.encode()).hexdigest()
+    assert audit.verify_entries([e]) != []  # not a chain start: seq 42 after nothing
