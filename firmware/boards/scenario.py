@@ -39,6 +39,10 @@ DEFAULTS = {
     "fill_empty_at": 95.0,  # % at which the truck empties it
     "tilt_per_day": 0.5,  # expected tilt events per day (a knocked-over bin)
     "motion_per_h": 6.0,  # expected pedestrians per hour near a streetlight
+    "bin_depth_cm": 120.0,  # distance sensor to the bin's floor
+    "ping_noise_cm": 1.0,  # each ping: noise, and now and then a stray echo
+    "ping_outlier": 0.1,  # share of pings that hit the wall / a fly (a wrong distance)
+    "fire_at": 0.0,  # Unix time from which the bin burns (temp 90 Cel); 0 = never
 }
 
 
@@ -69,6 +73,7 @@ class Scenario:
         self.p = p
         # per-node phase offsets so a fleet is not in lockstep
         self._phase = (_mix(seed, 7) % 1000) / 1000.0
+        self._pings = 0  # successive pings at one instant differ
 
     # uniform in [0, 1), deterministic in (seed, channel, slot)
     def _u(self, channel, slot):
@@ -100,6 +105,8 @@ class Scenario:
 
     def _temp(self, t):
         p = self.p
+        if p["fire_at"] and t >= p["fire_at"]:
+            return 90.0
         # coolest at 5:00, warmest at 17:00 local
         day = math.cos(2 * math.pi * (self._hour(t) - 17.0) / 24.0)
         return p["temp_mean"] + p["temp_swing"] * day + p["temp_noise"] * self._noise(1, t)
@@ -148,3 +155,13 @@ class Scenario:
     def _motion(self, t):
         # someone passed in this 10-second slot
         return self._u(9, int(t // 10)) < self.p["motion_per_h"] / 360.0
+
+    def _distance(self, t):
+        # one ultrasonic ping at the bin's contents (fill level from _fill)
+        p = self.p
+        self._pings += 1
+        u = self._u(10, self._pings + int(t) * 7919)
+        if u < p["ping_outlier"]:
+            return 5.0 + 100.0 * u / p["ping_outlier"]  # a stray echo
+        d = p["bin_depth_cm"] * (1.0 - self.read("fill", t) / 100.0)
+        return d + p["ping_noise_cm"] * (2.0 * self._u(11, self._pings) - 1.0)

@@ -1,18 +1,30 @@
 # The unix board: an emulated node on a PC, running the real firmware under the MicroPython
-# unix port. Same interface as boards/esp32.py would offer:
-#   clock      ticks_ms / ticks_diff / ticks_add / sleep_ms (the `time` module itself)
-#   rng        getrandbits / random, seeded from os.urandom (message ids, tokens)
-#   state_dir  where the seq store lives
-#   time()     seconds since the Unix epoch (int), or None on a board without a clock
-#   sensor(name, t)  a virtual sensor, driven by boards/scenario.py
-#   log(level, device, event, text)  one line on stdout
-#   wait_transport()  nothing to bring up on a PC
+# unix port. The same interface as boards/esp32.py (the board contract, used by lib/node.py
+# and apps/):
+#   name, clock    ticks_ms / ticks_diff / ticks_add / sleep_ms (the `time` module itself)
+#   rng            getrandbits / random, seeded from os.urandom (message ids, tokens)
+#   state_dir      where the seq store and the ring live
+#   time()         seconds since the Unix epoch (int), or None while the board has no clock
+#   set_time(t)    the time learned from the gateway
+#   mono_ms()      ticks of this power cycle, boot_id: which power cycle (reading.py)
+#   sensor(name)   a value, or None when the sensor failed (an error reading, not a guess)
+#   dimmer         set(percent): the streetlight's PWM output
+#   status()       [(name, unit, value)]: boot count, boot reason, last error
+#   idle(ms, app, due_ms)  nothing pending for ms (next sample in due_ms): a board with
+#                  deep sleep powers down here; resume_ms() after the wake (optional)
+#   log(line)      one line on stdout
+#   wait_transport(log)  nothing to bring up on a PC
+# Virtual sensors come from boards/scenario.py; "clock": false in the node config makes a
+# board without a clock (time learned from the gateway, as on an ESP32 after power-on).
 import os
 import random
 import sys
 import time
 
 from boards.scenario import Scenario
+
+_RATED_W = 60.0  # the virtual lamp at 100 %
+_STANDBY_W = 0.5  # controller and radio
 
 
 def _seed_rng():
@@ -21,21 +33,53 @@ def _seed_rng():
     return random
 
 
+class Dimmer:
+    # stands for the PWM dimmer driver: remembers the level, the power meter reads it
+    def __init__(self):
+        self.level = 0
+        self.changes = 0
+
+    def set(self, percent):
+        if percent != self.level:
+            self.changes += 1
+        self.level = percent
+
+
 class Board:
     name = "unix"
 
-    def __init__(self, state_dir, seed=1, scenario=None):
+    def __init__(self, state_dir, seed=1, scenario=None, clock=True):
         self.clock = time
         self.rng = _seed_rng()
         self.state_dir = state_dir
         _makedirs(state_dir)
         self.scenario = Scenario(seed, scenario)
+        self.has_clock = clock
+        self.boot_id = self.rng.getrandbits(16)
+        self.dimmer = Dimmer()
+        self.boots = _count_boot(state_dir)
 
     def time(self):
-        return int(time.time())
+        return int(time.time()) if self.has_clock else None
 
-    def sensor(self, name, t):
-        return self.scenario.read(name, t)
+    def set_time(self, t):
+        pass  # the node's TimeBase keeps the learned time; a PC's clock is not ours to set
+
+    def mono_ms(self):
+        return time.ticks_ms()
+
+    def sensor(self, name):
+        if name == "power":
+            p = _STANDBY_W + _RATED_W * self.dimmer.level / 100.0
+            return p + 0.2 * self.scenario._noise(12, time.time())
+        # the virtual world runs on the PC's clock, whether or not the node knows the time
+        return self.scenario.read(name, time.time())
+
+    def status(self):
+        return [("boots", None, self.boots), ("reset", None, "power")]
+
+    def idle(self, ms, app, due_ms):
+        pass  # mains power
 
     def log(self, line):
         # stdout is unbuffered on the unix port; the flush is for CPython host runs
@@ -48,6 +92,23 @@ class Board:
 
     def wait_transport(self, log):
         return True
+
+
+def _count_boot(d):
+    # a boot counter in the state dir (the ESP32 keeps its own in RTC memory and flash)
+    p = d + "/boots"
+    n = 0
+    try:
+        with open(p) as f:
+            n = int(f.read())
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(p, "w") as f:
+            f.write(str(n + 1))
+    except OSError:
+        pass
+    return n + 1
 
 
 def _makedirs(path):

@@ -8,7 +8,16 @@
 #    "state_dir": "/abs/path",            seq store
 #    "seed": 1, "scenario": {...},        virtual sensors (unix board)
 #    "coap": {"ack_timeout_s": 2.0, "ack_random_factor": 1.5, "max_retransmit": 4},
-#    "outbox_slots": 64, "seq_block": 16, "max_wait_s": 60}
+#    "outbox_slots": 64, "seq_block": 16, "max_wait_s": 60,
+#    optional, newer:
+#    "store": "flash"|"ram",              readings wait in a ring file in state_dir (default)
+#    "slot_size": 256,                    bytes per ring record (a reading + 16 + 4)
+#    "clock": true,                       false: a board without a clock (unix board)
+#    "status_every": 0,                   boot count/reason/last error every N readings (and
+#                                         in the first after boot); 0 = only after boot
+#    "sleep": false,                      deep sleep between samples (ESP32 env/bin)
+#    "app": {...},                        app settings (apps/*.py: thresholds, depth_cm, ...)
+#    "board": {...}}                      board settings (boards/esp32.py: pins, watchdog)
 import json
 
 
@@ -34,6 +43,13 @@ _TOP = {
     "seq_block": (16, int),
     # longest back-off honoured from a 5.03 Max-Age (RFC 7252 default Max-Age is 60)
     "max_wait_s": (60.0, float),
+    "store": ("flash", str),
+    "slot_size": (256, int),
+    "clock": (True, bool),
+    "status_every": (0, int),
+    "sleep": (False, bool),
+    "app": ({}, dict),
+    "board": ({}, dict),
 }
 _COAP = {
     "ack_timeout_s": (2.0, float),
@@ -60,7 +76,10 @@ def _section(src, schema, where):
         v = src[k]
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if not isinstance(v, kind) or isinstance(v, bool):
+        if kind is bool:
+            if v is not True and v is not False:
+                raise ConfigError("%s%s: expected true or false, got %r" % (where, k, v))
+        elif not isinstance(v, kind) or isinstance(v, bool):
             raise ConfigError("%s%s: expected %s, got %r" % (where, k, kind.__name__, v))
         out[k] = v
     return out
@@ -100,6 +119,12 @@ def check(src):
         raise ConfigError("coap.max_retransmit: must be 0..20")
     if c["outbox_slots"] < 1 or c["seq_block"] < 1 or c["max_wait_s"] < 0:
         raise ConfigError("outbox_slots, seq_block: must be >= 1; max_wait_s >= 0")
+    if c["store"] not in ("flash", "ram"):
+        raise ConfigError("store: %r is not flash or ram" % c["store"])
+    if not 64 <= c["slot_size"] <= 1024 or c["outbox_slots"] < 2 and c["store"] == "flash":
+        raise ConfigError("slot_size: must be 64..1024; outbox_slots >= 2 for the ring")
+    if c["status_every"] < 0:
+        raise ConfigError("status_every: must be >= 0")
     return c
 
 

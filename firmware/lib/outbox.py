@@ -5,7 +5,7 @@
 # In RAM for now: `slots` fixed-size slots in one buffer allocated once, so a long outage
 # does not fragment the heap. The flash ring buffer (readings survive a reboot) will
 # implement the same interface: push(seq, data) -> dropped now (0/1), peek() -> (seq, view)
-# or None, pop(), len(), dropped, dropped_seq. A slot holds one reading: an env reading is
+# or None, pop(), len(), full(), dropped, dropped_seq. A slot holds one reading: an env reading is
 # about 120 bytes, so 192 leaves room; a larger one is refused with ValueError.
 from array import array
 
@@ -39,6 +39,10 @@ class Outbox:
 
     def capacity(self):
         return self._slots
+
+    # the next push drops the oldest
+    def full(self):
+        return self._n == self._slots
 
     # Copy data in (the caller may reuse its buffer). Returns 1 if the oldest was dropped.
     def push(self, seq, data):

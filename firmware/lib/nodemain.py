@@ -1,0 +1,135 @@
+# The node's start-up, behind main.py: config, board, store, seq, app, transport, loop,
+# and the exit codes main.py documents. nodeconfig (and json) are dropped from the heap
+# once the config is checked: on a 64 KB heap every kilobyte of loaded code counts.
+import gc
+import sys
+
+_APPS = {"env": "apps.env_sensor", "bin": "apps.waste_bin", "light": "apps.streetlight"}
+
+
+def _board(cfg):
+    if sys.platform == "linux" or sys.platform == "darwin":
+        from boards.unix import Board
+
+        return Board(cfg["state_dir"], cfg["seed"], cfg["scenario"], cfg["clock"])
+    from boards.esp32 import Board
+
+    return Board(cfg)
+
+
+def _store(cfg):
+    if cfg["store"] == "ram":
+        from outbox import Outbox
+
+        return Outbox(cfg["outbox_slots"], cfg["slot_size"])
+    import ring
+
+    return ring.open_ring(cfg["state_dir"] + "/ring", cfg["outbox_slots"], cfg["slot_size"])
+
+
+def _transport(cfg):
+    from transports.udp import UdpTransport
+
+    return UdpTransport(cfg["gateway"]["host"], cfg["gateway"]["port"])
+
+
+def _config(path):
+    import nodeconfig
+
+    try:
+        cfg = nodeconfig.load(path)
+    except nodeconfig.ConfigError as e:
+        print("E - config %s" % e)
+        cfg = None
+    for m in ("nodeconfig", "json"):
+        if m in sys.modules:
+            del sys.modules[m]
+    gc.collect()
+    return cfg
+
+
+def main(argv):
+    path = argv[1] if len(argv) > 1 else "/config.json"
+    cfg = _config(path)
+    if cfg is None:
+        return 2
+    import coap_client
+    import ring
+    from node import Node
+    from seqstore import SeqStore, SeqStoreError
+
+    dev = cfg["device_id"]
+    board = _board(cfg)  # makes state_dir
+    if getattr(board, "safe_mode", False):
+        # crashed SAFE_AFTER times in a row (boards/bootstate.py): stay up without the app,
+        # REPL and files reachable, until someone fixes it (or power-cycles it)
+        board.log("E %s safe-mode crashes=%d err=%s" % (dev, board.st["crashes"],
+                                                        board.st["err"]))
+        return 6
+    try:
+        outbox = _store(cfg)
+    except ring.RingError as e:
+        board.log("E %s ring %s" % (dev, e))
+        return 5
+    try:
+        seqs = SeqStore(cfg["state_dir"], cfg["seq_block"])
+    except SeqStoreError as e:
+        board.log("E %s seqstore %s" % (dev, e))
+        return 4
+    if seqs.damaged:
+        board.log("W %s seqstore one copy damaged, using the other" % dev)
+    top = outbox.top() if hasattr(outbox, "top") else -1
+    if top >= seqs.peek():
+        # the ring holds seqs the store does not cover (a repaired or replaced seq store):
+        # the ring proves they were used, so counting resumes above them
+        import seqstore
+
+        board.log("W %s seqstore mark %d below the ring's seq %d: raised" % (dev, seqs.peek(),
+                                                                         top))
+        seqstore.write_mark(cfg["state_dir"], top + 1)
+        seqs = SeqStore(cfg["state_dir"], cfg["seq_block"])
+    mod = __import__(_APPS[cfg["type"]], None, None, ["App"])
+    try:
+        app = mod.App(board, cfg["app"])
+    except (ValueError, TypeError) as e:
+        print("E - config %s" % e)
+        return 2
+    restore = getattr(board, "restore_app", None)
+    if restore:
+        restore(app)  # state kept in RTC memory across deep sleep (ESP32)
+    board.wait_transport(board.log)
+    co = cfg["coap"]
+    client = coap_client.Client(
+        _transport(cfg),
+        board.clock,
+        board.rng,
+        ack_timeout_ms=int(co["ack_timeout_s"] * 1000),
+        ack_random_factor=co["ack_random_factor"],
+        max_retransmit=co["max_retransmit"],
+    )
+    node = Node(cfg, board, app, client, seqs, outbox)
+    code = 0
+    try:
+        code = node.run()
+    except KeyboardInterrupt:
+        code = 0
+    except Exception as e:
+        rec = getattr(board, "record_error", None)
+        if not rec:
+            raise  # unix: the traceback is the report
+        rec(e)  # ESP32: remembered in RTC memory, reported after the reset
+        board.log("E %s crash %s" % (dev, board.st["err"]))
+        import machine
+
+        machine.reset()
+    stopped = getattr(board, "stopped", None)
+    if stopped:
+        stopped()
+    board.log("I %s stop code=%d taken=%d left=%d rejected=%d dropped=%d sent=%d retx=%d "
+              "stray=%d bad=%d neterr=%d" % (dev, code, node.taken, len(node.outbox),
+                                             node.rejected, node.outbox.dropped, client.sent,
+                                             client.retransmissions, client.stray, client.bad,
+                                             client.net_errors))
+    return code
+
+
