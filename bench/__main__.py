@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.firmware_encode"]
+BENCHMARKS = ["bench.firmware_encode", "bench.cloud_ingest"]
 
 
 def main() -> int:

@@ -1,0 +1,360 @@
+"""Cloud ingest: readings/s through the API into SQLite and PostgreSQL, against raw inserts.
+
+For each backend, on a fresh database each time, batches of 500 readings (2 measurements
+each, 50 devices) are stored three ways in the same run:
+
+- raw:     the same `samples` and `measurements` rows inserted directly, one transaction
+           per 500 readings, same durability (SQLite: WAL, synchronous=FULL, executemany;
+           PostgreSQL: COPY) - the baseline;
+- storage: `Storage.store_batch` on already parsed batches (dedup, latest, devices, answer);
+- api:     `POST /v1/batches` with CBOR bodies through the ASGI app in this process
+           (httpx.ASGITransport: no sockets, no uvicorn; the client's cost is included);
+- http:    the same against a real `machi-cloud` process (uvicorn, 127.0.0.1) pinned to
+           the other CPU, this process being the client.
+
+The process is pinned to one CPU (PostgreSQL's own processes are not). PostgreSQL runs as
+a throwaway durable server (fsync on) started by `machi_cloud.storage.pgserver`.
+`MACHI_BENCH_READINGS` sets the readings per measurement (default 20,000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import hashlib
+import io
+import json
+import os
+import pstats
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import cbor2
+import httpx
+
+from machi_cloud.app import create_app
+from machi_cloud.batch import Batch, parse_batch
+from machi_cloud.settings import GatewayTokens, Settings
+from machi_cloud.storage import Storage
+from machi_cloud.storage.pgserver import PostgresServer, PostgresUnavailable
+from machi_cloud.storage.postgres import PostgresStorage
+from machi_cloud.storage.sqlite import SQLiteStorage
+
+BATCH = 500
+DEVICES = 50
+T0 = 1795390000
+TOKEN = "bench-secret"
+
+
+def bodies(readings: int) -> list[bytes]:
+    """CBOR batches as a gateway sends them: each device's seq counts up across batches."""
+    out = []
+    for b in range(readings // BATCH):
+        items = []
+        for i in range(BATCH):
+            n = b * BATCH + i
+            device, seq = f"env-{n % DEVICES:04d}", n // DEVICES
+            items.append(
+                {
+                    "device": device,
+                    "seq": seq,
+                    "time": T0 + seq,
+                    "received": T0 + seq + 0.25,
+                    "transport": "coap",
+                    "m": [
+                        {"n": "temp", "u": "Cel", "v": 20.0 + (n % 100) / 8},
+                        {"n": "hum", "u": "%RH", "v": 40.0 + (n % 50) / 4},
+                    ],
+                }
+            )
+        out.append(cbor2.dumps({"gateway": "gw-01", "batch_id": f"b-{b}", "readings": items}))
+    return out
+
+
+def rows(batch: Batch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The samples and measurements rows of one batch, as both schemas hold them."""
+    samples = [
+        (r.device, r.seq, r.time, r.received, "gw-01", r.transport, batch.batch_id)
+        for r in batch.readings
+    ]
+    measurements = [
+        (r.device, r.seq, m.name, m.unit, m.value) for r in batch.readings for m in r.measurements
+    ]
+    return samples, measurements
+
+
+# -- raw baselines -------------------------------------------------------------------------
+
+
+def raw_sqlite(path: Path, batches: list[Batch]) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    prepared = [rows(b) for b in batches]
+    start = time.perf_counter()
+    for samples, measurements in prepared:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO samples (device, seq, time, received, gateway, transport, batch_id,"
+            " ingested) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            samples,
+        )
+        conn.executemany(
+            "INSERT INTO measurements (device, seq, metric, unit, value_num)"
+            " VALUES (?, ?, ?, ?, ?)",
+            measurements,
+        )
+        conn.commit()
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+async def raw_postgres(dsn: str, batches: list[Batch]) -> float:
+    conn = await asyncpg.connect(dsn)
+    prepared = []
+    for b in batches:
+        samples, ms = rows(b)
+        times = {(r.device, r.seq): r.time for r in b.readings}
+        prepared.append(
+            (samples, [(d, s, n, times[(d, s)], u, None, v, None, None) for d, s, n, u, v in ms])
+        )
+    start = time.perf_counter()
+    for samples, measurements in prepared:
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "samples",
+                records=samples,
+                columns=["device", "seq", "time", "received", "gateway", "transport", "batch_id"],
+            )
+            await conn.copy_records_to_table(
+                "measurements",
+                records=measurements,
+                columns=[
+                    "device", "seq", "metric", "time", "unit",
+                    "value_int", "value_real", "value_text", "value_bool",
+                ],
+            )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    await conn.close()
+    return elapsed
+
+
+# -- the service paths ----------------------------------------------------------------------
+
+
+async def through_storage(storage: Storage, batches: list[Batch], raw: list[bytes]) -> float:
+    start = time.perf_counter()
+    for batch, body in zip(batches, raw, strict=True):
+        await storage.store_batch(
+            gateway=batch.gateway,
+            batch_id=batch.batch_id,
+            body_hash=hashlib.sha256(body).digest(),
+            readings=batch.readings,
+            rejected=batch.rejected,
+        )
+    return time.perf_counter() - start
+
+
+async def through_api(storage: Storage, raw: list[bytes], tmp: Path) -> float:
+    settings = Settings(
+        db=tmp / "unused.sqlite", gateway_tokens=GatewayTokens.from_mapping({"gw-01": TOKEN})
+    )
+    app = create_app(settings, storage)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/cbor"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://cloud.bench"
+    ) as client:
+        start = time.perf_counter()
+        for body in raw:
+            resp = await client.post("/v1/batches", content=body, headers=headers)
+            if resp.status_code != 200:
+                raise RuntimeError(f"API answered {resp.status_code}: {resp.text}")
+        return time.perf_counter() - start
+
+
+def through_http(db: list[str], raw: list[bytes], tmp: Path) -> float:
+    """A real `machi-cloud` (uvicorn) process pinned to another CPU than this client."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    ready = tmp / "ready"
+    script = Path(sys.executable).parent / "machi-cloud"
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "machi_cloud.cli"]
+    argv += [*db, "--port", "0", "--ready-file", str(ready), "--log-level", "warning"]
+    env = {**os.environ, "MACHI_CLOUD_GATEWAY_TOKENS": f"gw-01={TOKEN}"}
+    mine = os.sched_getaffinity(0)
+    other = (set(range(os.cpu_count() or 1)) - mine) or mine
+    cpu = min(other)
+    with open(tmp / "log", "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"machi-cloud did not start: {(tmp / 'log').read_text()}")
+            time.sleep(0.05)
+        url = json.loads(ready.read_text())["url"]
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/cbor"}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            start = time.perf_counter()
+            for body in raw:
+                resp = client.post("/v1/batches", content=body, headers=headers)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"API answered {resp.status_code}: {resp.text}")
+            return time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+
+class Backend:
+    """Makes a fresh, migrated database per measurement and a storage on it."""
+
+    def __init__(self, name: str, tmp: Path, pg: PostgresServer | None) -> None:
+        self.name, self.tmp, self.pg, self.n = name, tmp, pg, 0
+
+    async def fresh(self) -> tuple[str, Callable[[], Storage]]:
+        self.n += 1
+        if self.pg is None:
+            path = self.tmp / f"bench-{self.n}.sqlite"
+            async with SQLiteStorage(path):
+                pass
+            return str(path), lambda: SQLiteStorage(path)
+        dsn = self.pg.create_database(f"bench_{self.n}")
+        async with PostgresStorage(dsn):
+            pass
+        return dsn, lambda: PostgresStorage(dsn)
+
+    async def raw(self, batches: list[Batch]) -> float:
+        where, _ = await self.fresh()
+        if self.pg is None:
+            return await asyncio.to_thread(raw_sqlite, Path(where), batches)
+        return await raw_postgres(where, batches)
+
+    async def service(self, run: Callable[[Storage], Awaitable[float]]) -> float:
+        _, make = await self.fresh()
+        async with make() as storage:
+            return await run(storage)
+
+    async def http(self, raw: list[bytes]) -> float:
+        where, _ = await self.fresh()
+        db = ["--db", where] if self.pg is None else ["--database-url", where]
+        return await asyncio.to_thread(through_http, db, raw, self.tmp / f"http-{self.n}")
+
+
+async def measure(
+    backend: Backend, raw: list[bytes], batches: list[Batch], repeat: int
+) -> dict[str, float]:
+    readings = len(batches) * BATCH
+    best = dict.fromkeys(("raw", "storage", "api", "http"), float("inf"))
+    for _ in range(repeat):  # interleaved, best of `repeat`: the machine is shared
+        best["raw"] = min(best["raw"], await backend.raw(batches))
+        best["storage"] = min(
+            best["storage"],
+            await backend.service(lambda st: through_storage(st, batches, raw)),
+        )
+        best["api"] = min(
+            best["api"], await backend.service(lambda st: through_api(st, raw, backend.tmp))
+        )
+        best["http"] = min(best["http"], await backend.http(raw))
+    return {k: readings / v for k, v in best.items()}
+
+
+def parse_rate(raw: list[bytes]) -> float:
+    start = time.perf_counter()
+    for body in raw:
+        parse_batch(body, max_readings=5000)
+    return len(raw) * BATCH / (time.perf_counter() - start)
+
+
+def pin_to_one_cpu() -> str:
+    with contextlib.suppress(AttributeError, OSError):
+        cpu = max(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        return f"pinned to CPU {cpu}"
+    return "not pinned"
+
+
+async def amain(readings: int, repeat: int) -> dict[str, float]:
+    raw = bodies(readings)
+    batches = [parse_batch(b, max_readings=5000) for b in raw]
+    results: dict[str, float] = {}
+    print(f"cloud ingest: {readings} readings per run, batches of {BATCH}, 2 measurements each")
+    print(
+        f"  {pin_to_one_cpu()}; api = POST /v1/batches in-process (ASGI), http = real"
+        f" machi-cloud process on another CPU; best of {repeat}; % of raw"
+    )
+    print(f"  parse only (CBOR -> validated readings): {parse_rate(raw):10,.0f} readings/s")
+    with tempfile.TemporaryDirectory(prefix="machi-bench-") as tmp:
+        backends: list[tuple[str, PostgresServer | None]] = [("sqlite", None)]
+        with contextlib.ExitStack() as stack:
+            try:
+                backends.append(("postgres", stack.enter_context(PostgresServer(durable=True))))
+            except PostgresUnavailable as exc:
+                print(f"  postgres: skipped ({exc})")
+            for name, server in backends:
+                rates = await measure(Backend(name, Path(tmp), server), raw, batches, repeat)
+                results.update({f"{name}_{path}": rate for path, rate in rates.items()})
+                raw_rate = rates["raw"]
+                print(
+                    f"  {name:9s} raw {raw_rate:8,.0f}/s"
+                    + "".join(
+                        f"   {path} {rates[path]:8,.0f}/s ({rates[path] / raw_rate:4.0%})"
+                        for path in ("storage", "api", "http")
+                    )
+                )
+    return results
+
+
+def profile(readings: int) -> None:
+    """Where the SQLite API path spends its time (`python -m bench.cloud_ingest profile`)."""
+    raw = bodies(readings)
+
+    async def go() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with SQLiteStorage(Path(tmp) / "p.sqlite") as st:
+                # run the writer's work on this thread so cProfile sees it
+                st._write = lambda fn: _inline(st, fn)  # type: ignore[method-assign]
+                await through_api(st, raw, Path(tmp))
+
+    prof = cProfile.Profile()
+    prof.enable()
+    asyncio.run(go())
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
+    print(out.getvalue())
+
+
+async def _inline(st: SQLiteStorage, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    if st._wconn is None:
+        st._wconn = st._connect()
+    return st._guard(fn, st._wconn)
+
+
+def run() -> dict[str, float]:
+    readings = int(os.environ.get("MACHI_BENCH_READINGS", "20000"))
+    return asyncio.run(amain(readings - readings % BATCH, repeat=2))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["profile"]:
+        profile(int(os.environ.get("MACHI_BENCH_READINGS", "20000")))
+    else:
+        run()
