@@ -4,7 +4,7 @@
 # Installs only what is missing; needs root (or sudo) and Debian's package archive.
 set -euo pipefail
 need=()
-command -v coap-client >/dev/null 2>&1 || need+=(libcoap3-bin)
+{ command -v coap-client || command -v coap-client-notls || command -v coap-client-gnutls; } >/dev/null 2>&1 || need+=(libcoap3-bin)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

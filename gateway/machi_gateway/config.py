@@ -62,6 +62,12 @@ def _one_of(*choices: str) -> Validator:
     return check
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"must be true or false, got {v!r}")
+    return v
+
+
 def _gateway_id(v: Any) -> str:
     if not isinstance(v, str) or not _ID_RE.match(v):
         raise ValueError(
@@ -98,9 +104,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "devices": {
         "file": Key("devices.json", _str(), "the registry of known devices"),
+        "sync": Key(False, _bool, "fetch the registry from the cloud (GET "
+                    "/v1/gateways/{id}/devices) and rewrite the file"),
+        "sync_interval_s": Key(60.0, _float(0.0), "how often the registry is fetched"),
     },
     "queue": {
         "max_readings": Key(1_000_000, _int(1), "queue size at which nodes get 5.03"),
+        "max_bytes": Key(0, _int(0), "disk quota of the queue database in bytes (0 = none); "
+                         "over it nodes get 5.03"),
         "retry_after_s": Key(30, _int(1, 2**32 - 1), "Max-Age of the 5.03 answer"),
         "dedup_window_s": Key(86400, _int(1), "how long an uploaded (device, seq) stays known"),
     },
@@ -114,6 +125,45 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backoff_initial_s": Key(0.5, _float(0.0), "first retry delay after a failure"),
         "backoff_max_s": Key(60.0, _float(0.0), "retry delay cap"),
         "drain_timeout_s": Key(5.0, _float(0.0, strict=False), "last flush bound at shutdown"),
+    },
+    "downlink": {
+        "enabled": Key(False, _bool, "long-poll the cloud for commands and deliver them"),
+        "wait_s": Key(25, _int(0, 30), "long-poll wait asked of the cloud"),
+        "idle_s": Key(5.0, _float(0.0), "pause after a poll that brought nothing new"),
+        "per_ack": Key(4, _int(1, 16), "at most this many commands in one ACK"),
+    },
+    "lora_udp": {
+        "enabled": Key(False, _bool, "Semtech UDP packet-forwarder server"),
+        "host": Key("0.0.0.0", _str(), "address the packet forwarders send to"),
+        "port": Key(1700, _int(0, 65535), "UDP port (the forwarder's serv_port_up/down)"),
+        "tx_power": Key(14, _int(0, 30), "downlink power in dBm"),
+        "rx_delay_s": Key(1, _int(1, 15), "the node's receive window opens this long "
+                          "after its uplink ended"),
+    },
+    "serial": {
+        "enabled": Key(False, _bool, "LoRa modem on a serial port (+RCV lines)"),
+        "port": Key("/dev/ttyS0", _str(), "serial device"),
+        "baudrate": Key(115200, _int(1200, 4_000_000), "line speed"),
+    },
+    "chirpstack": {
+        "enabled": Key(False, _bool, "ChirpStack MQTT integration (uplink events)"),
+        "host": Key("127.0.0.1", _str(), "MQTT broker"),
+        "port": Key(1883, _int(1, 65535), "MQTT port"),
+        "username": Key("", _str(empty=True), "MQTT user (empty = anonymous)"),
+        "password": Key("", _str(empty=True), "MQTT password"),
+        "topic": Key("application/+/device/+/event/up", _str(), "uplink event topic filter"),
+    },
+    "ble": {
+        "enabled": Key(False, _bool, "scan for BTHome v2 advertisements (bleak)"),
+    },
+    "mqtt_local": {
+        "enabled": Key(False, _bool, "publish readings to a local broker (Home Assistant)"),
+        "host": Key("127.0.0.1", _str(), "MQTT broker"),
+        "port": Key(1883, _int(1, 65535), "MQTT port"),
+        "username": Key("", _str(empty=True), "MQTT user (empty = anonymous)"),
+        "password": Key("", _str(empty=True), "MQTT password"),
+        "prefix": Key("machi", _str(), "state topics are <prefix>/<device>/state"),
+        "discovery_prefix": Key("homeassistant", _str(), "Home Assistant discovery prefix"),
     },
     "health": {
         "host": Key("127.0.0.1", _str(), "address of the health/metrics HTTP server"),
@@ -138,6 +188,59 @@ class QueueConfig:
     max_readings: int
     retry_after_s: int
     dedup_window_s: int
+    max_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownlinkConfig:
+    enabled: bool = False
+    wait_s: int = 25
+    idle_s: float = 5.0
+    per_ack: int = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoraUdpConfig:
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 1700
+    tx_power: int = 14
+    rx_delay_s: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SerialConfig:
+    enabled: bool = False
+    port: str = "/dev/ttyS0"
+    baudrate: int = 115200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+
+    def __repr__(self) -> str:  # never print the password
+        return f"{type(self).__name__}(host={self.host!r}, port={self.port})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class ChirpstackConfig(MqttConfig):
+    topic: str = "application/+/device/+/event/up"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class LocalMqttConfig(MqttConfig):
+    prefix: str = "machi"
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BleConfig:
+    enabled: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,10 +287,26 @@ class Config:
     health: HealthConfig
     log: LogConfig
     source: Path | None = None
+    devices_sync: bool = False
+    devices_sync_interval_s: float = 60.0
+    downlink: DownlinkConfig = DownlinkConfig()
+    lora_udp: LoraUdpConfig = LoraUdpConfig()
+    serial: SerialConfig = SerialConfig()
+    chirpstack: ChirpstackConfig = ChirpstackConfig()
+    ble: BleConfig = BleConfig()
+    mqtt_local: LocalMqttConfig = LocalMqttConfig()
 
     @property
     def queue_file(self) -> Path:
         return self.data_dir / "queue.sqlite3"
+
+    @property
+    def commands_file(self) -> Path:
+        return self.data_dir / "commands.sqlite3"
+
+    @property
+    def ble_state_file(self) -> Path:
+        return self.data_dir / "ble.sqlite3"
 
     def summary(self) -> str:
         """A human summary for ``--check-config`` (the token is never shown)."""
@@ -195,13 +314,20 @@ class Config:
             [
                 f"config      {self.source or '(defaults)'}",
                 f"gateway     {self.gateway_id}",
-                f"queue       {self.queue_file} (max {self.queue.max_readings} readings)",
-                f"devices     {self.devices_file}",
+                f"queue       {self.queue_file} (max {self.queue.max_readings} readings"
+                f"{f', {self.queue.max_bytes} bytes' if self.queue.max_bytes else ''})",
+                f"devices     {self.devices_file}"
+                f"{' (synced from the cloud)' if self.devices_sync else ''}",
                 f"coap        {self.coap.host} port {self.coap.port}"
                 f" (max payload {self.coap.max_payload} B)",
                 f"uplink      {self.uplink.url}/v1/batches"
                 f" token {'set' if self.uplink.token else 'EMPTY'}"
                 f" (batch {self.uplink.batch_max} / {self.uplink.batch_age_s} s)",
+                f"downlink    {'on' if self.downlink.enabled else 'off'}",
+                *(f"{name:<11} {'on' if on else 'off'}" for name, on in (
+                    ("lora_udp", self.lora_udp.enabled), ("serial", self.serial.enabled),
+                    ("chirpstack", self.chirpstack.enabled), ("ble", self.ble.enabled),
+                    ("mqtt_local", self.mqtt_local.enabled))),
                 f"health      http://{self.health.host}:{self.health.port}/healthz",
                 f"log         {self.log.level} {self.log.format}",
             ]
@@ -274,6 +400,14 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
         health=HealthConfig(**s["health"]),
         log=LogConfig(**s["log"]),
         source=source,
+        devices_sync=s["devices"]["sync"],
+        devices_sync_interval_s=s["devices"]["sync_interval_s"],
+        downlink=DownlinkConfig(**s["downlink"]),
+        lora_udp=LoraUdpConfig(**s["lora_udp"]),
+        serial=SerialConfig(**s["serial"]),
+        chirpstack=ChirpstackConfig(**s["chirpstack"]),
+        ble=BleConfig(**s["ble"]),
+        mqtt_local=LocalMqttConfig(**s["mqtt_local"]),
     )
 
 

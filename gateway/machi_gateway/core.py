@@ -1,37 +1,92 @@
-"""The core every ingress adapter delivers into: registry check, then the durable queue."""
+"""The core every ingress adapter delivers into: registry check, command results, the
+durable queue, then what the ACK should carry (time, commands)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from .downlink.queue import CommandQueue
 from .errors import ResponseError, UnknownDevice
-from .ingress.base import Accepted
+from .ingress.base import Receipt, WireCommand
 from .model import Reading
 from .registry import Registry
 from .stats import IngressStats
 from .store import Store
 
+log = logging.getLogger(__name__)
+
+_CMD_RE = re.compile(r"^cmd/(\d{1,5})$")
+
+Listener = Callable[[Reading], None]
+
+
+def split_command_results(reading: Reading) -> tuple[Reading, dict[int, str]]:
+    """Strip ``cmd/<cid>`` records (contract C2) from a reading: they are command states,
+    not measurements. Returns the reading without them and ``{cid: "ok" | "err:..."}``."""
+    results: dict[int, str] = {}
+    kept = []
+    for m in reading.measurements:
+        match = _CMD_RE.match(m.name)
+        if match is None:
+            kept.append(m)
+            continue
+        value = m.value if isinstance(m.value, str) else f"err:bad report {m.value!r}"
+        results[int(match.group(1))] = value
+    if not results:
+        return reading, results
+    return dataclasses.replace(reading, measurements=tuple(kept)), results
+
 
 class Core:
     """Implements :class:`~machi_gateway.ingress.base.Sink` for all adapters."""
 
-    def __init__(self, registry: Registry, store: Store, stats: IngressStats) -> None:
+    def __init__(self, registry: Registry, store: Store, stats: IngressStats, *,
+                 commands: CommandQueue | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.store = store
         self.stats = stats
+        self.commands = commands
+        self._clock = clock
+        self._listeners: list[Listener] = []
 
-    async def accept(self, reading: Reading) -> Accepted:
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(reading)`` for every *new* durable reading (local integrations;
+        it must not block: hand the reading to a queue)."""
+        self._listeners.append(listener)
+
+    async def accept(self, reading: Reading) -> Receipt:
         try:
             if reading.device not in self.registry:
+                dev = self.registry.get(reading.device)
+                if dev is not None and dev.revoked:
+                    raise UnknownDevice("revoked", f"device {reading.device!r} is revoked")
                 raise UnknownDevice("unknown-device",
                                     f"device {reading.device!r} is not registered here")
+            reading, results = split_command_results(reading)
             outcome = await self.store.add(reading)
         except ResponseError as exc:
             self.stats.reject(exc.reason)
             raise
+        commands: tuple[WireCommand, ...] = ()
+        if self.commands is not None:
+            # Committed before the ACK too: a result the node saw acknowledged is kept.
+            commands = await self.commands.on_reading(reading.device, reading.seq, results)
+        self.stats.seen(reading.device, reading.received, reading.transport)
         if outcome == "new":
             self.stats.readings_in += 1
+            for listener in self._listeners:
+                try:
+                    listener(reading)
+                except Exception:  # a local integration must never cost an ACK
+                    log.exception("reading listener failed")
         else:
             self.stats.duplicates += 1
-        return outcome
+        return Receipt(outcome=outcome, time=int(self._clock()), commands=commands)
 
     def rejected(self, transport: str, reason: str) -> None:
         self.stats.reject(reason)

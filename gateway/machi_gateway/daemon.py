@@ -8,17 +8,26 @@ cancel the upload loop, give the uplink one bounded last flush, then close the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from .config import Config
 from .core import Core
+from .downlink.cloud import CommandClient
+from .downlink.queue import CommandQueue
+from .downlink.service import Downlink
 from .health import HealthServer, Snapshot
+from .ingress.base import Ingress
 from .ingress.coap import CoapIngress
+from .ingress.frames import default_decoder
+from .local_mqtt import LocalMqtt
 from .registry import Registry
+from .registry_sync import RegistrySync
 from .stats import IngressStats
 from .store import Store
 from .uplink.batcher import Batcher, BatchPolicy
@@ -75,22 +84,75 @@ async def run(config: Config, *, ready_file: Path | None = None,
     return 0
 
 
+def _adapters(config: Config, core: Core, registry: Registry) -> list[Ingress]:
+    """The optional ingress adapters the config enables (CoAP is always on)."""
+    out: list[Ingress] = []
+    lora_family = config.lora_udp.enabled or config.serial.enabled or config.chirpstack.enabled
+    decode = default_decoder() if lora_family else None
+    if config.lora_udp.enabled:
+        from .ingress.semtech import SemtechIngress
+        assert decode is not None
+        out.append(SemtechIngress(core, decode=decode, registry_lookup=registry.by_short_id,
+                                  host=config.lora_udp.host, port=config.lora_udp.port,
+                                  rx_delay_s=config.lora_udp.rx_delay_s,
+                                  tx_power=config.lora_udp.tx_power))
+    if config.serial.enabled:
+        from .ingress.serial_modem import SerialModemIngress
+        assert decode is not None
+        out.append(SerialModemIngress(core, decode=decode,
+                                      registry_lookup=registry.by_short_id,
+                                      port=config.serial.port,
+                                      baudrate=config.serial.baudrate))
+    if config.chirpstack.enabled:
+        from .ingress.chirpstack import ChirpstackIngress
+        assert decode is not None
+        cs = config.chirpstack
+        out.append(ChirpstackIngress(core, decode=decode, registry_lookup=registry.by_short_id,
+                                     host=cs.host, port=cs.port, username=cs.username,
+                                     password=cs.password, topic=cs.topic))
+    if config.ble.enabled:
+        from .ingress.ble import BleIngress
+        out.append(BleIngress(core, state_file=config.ble_state_file))
+    return out
+
+
 async def _run(config: Config, ready_file: Path | None, stop: asyncio.Event) -> None:
     registry = Registry(config.devices_file)
     await asyncio.to_thread(registry.reload_if_changed)
     stats = IngressStats()
     up = config.uplink
-    async with (
-        Store(config.queue_file, max_readings=config.queue.max_readings,
-              retry_after_s=config.queue.retry_after_s,
-              dedup_window_s=config.queue.dedup_window_s) as store,
-        HttpUplink(up.url, token=up.token, timeout_s=up.timeout_s) as uplink,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(Store(
+            config.queue_file, max_readings=config.queue.max_readings,
+            retry_after_s=config.queue.retry_after_s,
+            dedup_window_s=config.queue.dedup_window_s, max_bytes=config.queue.max_bytes))
+        uplink = await stack.enter_async_context(
+            HttpUplink(up.url, token=up.token, timeout_s=up.timeout_s))
+        commands: CommandQueue | None = None
+        downlink: Downlink | None = None
+        if config.downlink.enabled:
+            commands = await stack.enter_async_context(
+                CommandQueue(config.commands_file, per_ack=config.downlink.per_ack))
+            client = CommandClient(up.url, gateway=config.gateway_id, token=up.token,
+                                   timeout_s=up.timeout_s)
+            stack.push_async_callback(client.aclose)
+            downlink = Downlink(commands, client, wait_s=config.downlink.wait_s,
+                                idle_s=config.downlink.idle_s,
+                                backoff_initial_s=up.backoff_initial_s,
+                                backoff_max_s=up.backoff_max_s)
+        sync: RegistrySync | None = None
+        if config.devices_sync:
+            sync = RegistrySync(up.url, gateway=config.gateway_id, token=up.token,
+                                path=config.devices_file,
+                                interval_s=config.devices_sync_interval_s,
+                                timeout_s=up.timeout_s)
+            stack.push_async_callback(sync.aclose)
         batcher = Batcher(store, uplink, gateway=config.gateway_id, policy=BatchPolicy(
             batch_max=up.batch_max, batch_age_s=up.batch_age_s,
             backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s))
 
-        def snapshot() -> Snapshot:
+        async def snapshot() -> Snapshot:
+            oldest = await store.oldest_received() if store.depth else None
             return Snapshot(
                 gateway=config.gateway_id, queue_depth=store.depth,
                 readings_in=stats.readings_in, duplicates=stats.duplicates,
@@ -98,18 +160,34 @@ async def _run(config: Config, ready_file: Path | None, stop: asyncio.Event) -> 
                 uplink_sent=batcher.sent, uplink_batches=batcher.batches,
                 uplink_last_ok=batcher.last_ok, uplink_last_error=batcher.last_error,
                 uplink_failures=batcher.failures, devices=len(registry),
+                uplink_lag_s=max(0.0, time.time() - oldest) if oldest is not None else 0.0,
+                last_seen=dict(stats.last_seen), by_transport=dict(stats.by_transport),
+                commands_open=commands.open_commands if commands else 0,
+                command_reports_pending=commands.outbox if commands else 0,
             )
 
-        core = Core(registry, store, stats)
+        core = Core(registry, store, stats, commands=commands)
         async with asyncio.TaskGroup() as tg:
-            upload = tg.create_task(batcher.run(), name="uplink")
-            watch = tg.create_task(registry.watch(), name="registry")
-            async with (
-                HealthServer(snapshot, host=config.health.host, port=config.health.port)
-                as health,
-                CoapIngress(core, host=config.coap.host, port=config.coap.port,
-                            max_payload=config.coap.max_payload) as coap,
-            ):
+            background = [tg.create_task(batcher.run(), name="uplink"),
+                          tg.create_task(registry.watch(), name="registry")]
+            if downlink is not None:
+                background.append(tg.create_task(downlink.run(), name="downlink"))
+            if sync is not None:
+                background.append(tg.create_task(sync.run(), name="registry-sync"))
+            async with contextlib.AsyncExitStack() as ingress:
+                if config.mqtt_local.enabled:
+                    m = config.mqtt_local
+                    local = await ingress.enter_async_context(LocalMqtt(
+                        host=m.host, port=m.port, username=m.username, password=m.password,
+                        prefix=m.prefix, discovery_prefix=m.discovery_prefix))
+                    core.subscribe(local.offer)
+                health = await ingress.enter_async_context(
+                    HealthServer(snapshot, host=config.health.host, port=config.health.port))
+                coap = await ingress.enter_async_context(
+                    CoapIngress(core, host=config.coap.host, port=config.coap.port,
+                                max_payload=config.coap.max_payload))
+                for adapter in _adapters(config, core, registry):
+                    await ingress.enter_async_context(adapter)
                 if ready_file is not None:
                     write_ready_file(ready_file, coap=coap.address, health=health.address)
                 log.info("gateway %s ready: %d devices, %d readings queued",
@@ -117,7 +195,7 @@ async def _run(config: Config, ready_file: Path | None, stop: asyncio.Event) -> 
                 # Leave when asked to; if a background task dies, the TaskGroup cancels us.
                 await stop.wait()
                 log.info("shutting down: closing ingress")
-            upload.cancel()
-            watch.cancel()
+            for task in background:
+                task.cancel()
         await batcher.drain(up.drain_timeout_s)
     log.info("queue closed with %d readings waiting", store.depth)

@@ -7,9 +7,10 @@ Raspberry Pi; it answers one request per connection and bounds every read.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -38,6 +39,13 @@ class Snapshot:
     uplink_last_error: str | None = None
     uplink_failures: int = 0
     devices: int = 0
+    #: seconds the oldest queued reading has waited (0 with an empty queue).
+    uplink_lag_s: float = 0.0
+    #: device -> receive time of its last accepted reading.
+    last_seen: Mapping[str, float] = field(default_factory=dict)
+    by_transport: Mapping[str, int] = field(default_factory=dict)
+    commands_open: int = 0
+    command_reports_pending: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,8 +57,13 @@ class Snapshot:
             "rejected": dict(sorted(self.rejected.items())),
             "dead_letters": self.dead_letters,
             "devices": self.devices,
+            "by_transport": dict(sorted(self.by_transport.items())),
+            "last_seen": dict(sorted(self.last_seen.items())),
+            "commands": {"open": self.commands_open,
+                         "reports_pending": self.command_reports_pending},
             "uplink": {
                 "backlog": self.queue_depth,
+                "lag_s": round(self.uplink_lag_s, 3),
                 "last_ok": self.uplink_last_ok,
                 "last_error": self.uplink_last_error,
                 "sent": self.uplink_sent,
@@ -83,6 +96,17 @@ class Snapshot:
                [("", self.uplink_batches)])
         metric("uplink_failures", "gauge", "Consecutive failed uploads.",
                [("", self.uplink_failures)])
+        metric("uplink_lag_seconds", "gauge", "Age of the oldest reading waiting for upload.",
+               [("", self.uplink_lag_s)])
+        metric("readings_by_transport_total", "counter", "Readings accepted, by transport.",
+               [(f'{{transport="{t}"}}', n) for t, n in sorted(self.by_transport.items())])
+        metric("device_last_seen_timestamp_seconds", "gauge",
+               "When each device's last reading was received.",
+               [(f'{{device="{d}"}}', t) for d, t in sorted(self.last_seen.items())])
+        metric("commands_open", "gauge", "Commands waiting for their node.",
+               [("", self.commands_open)])
+        metric("command_reports_pending", "gauge", "Command states not yet sent to the cloud.",
+               [("", self.command_reports_pending)])
         if self.uplink_last_ok is not None:
             metric("uplink_last_ok_timestamp_seconds", "gauge", "Time of the last good upload.",
                    [("", self.uplink_last_ok)])
@@ -92,7 +116,8 @@ class Snapshot:
 class HealthServer:
     """Serves snapshots from ``snapshot()``; an async context manager."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], *, host: str, port: int) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot | Awaitable[Snapshot]], *, host: str,
+                 port: int) -> None:
         self.snapshot = snapshot
         self.host = host
         self.port = port
@@ -128,7 +153,7 @@ class HealthServer:
         try:
             async with asyncio.timeout(_READ_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
-            status, ctype, body = self._route(head)
+            status, ctype, body = await self._route(head)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
@@ -146,7 +171,7 @@ class HealthServer:
             except (TimeoutError, ConnectionError):
                 pass
 
-    def _route(self, head: bytes) -> tuple[str, str, bytes]:
+    async def _route(self, head: bytes) -> tuple[str, str, bytes]:
         if len(head) > _MAX_HEADER_BYTES:
             return "431 Request Header Fields Too Large", "text/plain", b"too large\n"
         parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
@@ -158,7 +183,8 @@ class HealthServer:
             return "404 Not Found", "text/plain", b"not found\n"
         if method != "GET":
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
-        snap = self.snapshot()
+        got = self.snapshot()
+        snap = await got if inspect.isawaitable(got) else got
         if path == "/healthz":
             return "200 OK", "application/json", json.dumps(snap.to_json()).encode() + b"\n"
         return "200 OK", "text/plain; version=0.0.4", snap.to_prometheus().encode()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -62,6 +63,10 @@ class Reading:
 
     ``time`` is the node's sample time (seconds since the epoch) or, for a node
     without a clock, the receive time; ``received`` is when the gateway accepted it.
+    ``meta`` holds what the radio told us about the frame (``rssi``, ``snr``, ``freq``,
+    ``gateway_eui``, ``dev_eui``, ``fcnt``, ...): useful locally (metrics, local MQTT),
+    but not part of the reading's identity nor of the cloud batch (docs/protocol.md §3
+    has no field for it), so it is not stored in the queue either.
     """
 
     device: str
@@ -70,10 +75,16 @@ class Reading:
     received: float
     transport: str
     measurements: tuple[Measurement, ...]
+    meta: Mapping[str, Value] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not DEVICE_RE.match(self.device):
             raise ValueError(f"bad device id {self.device!r}")
+        if not isinstance(self.meta, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, float | int | str | bool)
+            for k, v in self.meta.items()
+        ):
+            raise ValueError("meta must map text keys to numbers, text or booleans")
         if isinstance(self.seq, bool) or not isinstance(self.seq, int):
             raise ValueError("seq must be an integer")
         if not 0 <= self.seq < SEQ_LIMIT:

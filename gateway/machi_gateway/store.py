@@ -85,10 +85,12 @@ class Store:
         max_readings: int,
         retry_after_s: int,
         dedup_window_s: float,
+        max_bytes: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.max_readings = max_readings
+        self.max_bytes = max_bytes  # 0 = no disk quota
         self.retry_after_s = retry_after_s
         self.dedup_window_s = dedup_window_s
         self._clock = clock
@@ -244,11 +246,17 @@ class Store:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
+                over = self._over_quota(db)
                 for r in readings:
                     if db.execute(
                         "SELECT 1 FROM seen WHERE device = ? AND seq = ?", r.key
                     ).fetchone():
                         results.append("duplicate")
+                        continue
+                    if over is not None:
+                        results.append(QueueFull(
+                            "disk-quota", f"the queue uses {over} bytes on disk "
+                            f"(quota {self.max_bytes})", retry_after_s=self.retry_after_s))
                         continue
                     if depth >= self.max_readings:
                         results.append(QueueFull(
@@ -277,6 +285,27 @@ class Store:
             raise StoreUnavailable(reason, str(exc), retry_after_s=self.retry_after_s) from exc
         self._depth = depth
         return results
+
+    def _over_quota(self, db: sqlite3.Connection) -> int | None:
+        """Bytes in use (the database's live pages) if over ``max_bytes``.
+
+        Pages freed by uploads are reused before the file grows, so live pages, not the
+        file size, say how full the queue is. The logical page count includes what still
+        sits in the WAL; the WAL file itself is bounded by SQLite's auto-checkpoint
+        (1000 pages, about 4 MB) and comes on top. The check runs once per group commit,
+        so one group may overshoot the quota by its own size.
+        """
+        if not self.max_bytes:
+            return None
+        used = self.bytes_used(db)
+        return used if used >= self.max_bytes else None
+
+    def bytes_used(self, db: sqlite3.Connection | None = None) -> int:
+        db = db or self._db
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
 
     def _prune(self, now: float) -> None:
         cut = now - self.dedup_window_s

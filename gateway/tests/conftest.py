@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,3 +164,252 @@ async def poll_until(cond: Callable[[], Any], within: float = 10, every: float =
 @pytest.fixture
 def until() -> Callable[..., Any]:
     return poll_until
+
+
+# ---- LoRa-family adapters: a stub compact-frame decoder ---------------------------------
+#
+# The real decoder (machi_gateway.lora.frame, contract C6) belongs to the LoRa work; the
+# adapters take the decoder as a parameter, so their tests use this stub, whose frame is
+# short_id (2 bytes) | seq (4) | temp in centi-degrees (int16), all big-endian.
+
+SHORT_IDS = {"env-0001": 0x0101, "env-0003": 0x0103, "bin-0002": 0x0202}
+
+
+def stub_frame(short_id: int, seq: int, centi: int) -> bytes:
+    return short_id.to_bytes(2, "big") + seq.to_bytes(4, "big") + centi.to_bytes(2, "big",
+                                                                                 signed=True)
+
+
+def stub_decode(payload: bytes, *, registry_lookup: Any, received: float,
+                transport: str) -> Reading:
+    from machi_gateway.errors import BadReading, UnknownDevice
+    if len(payload) != 8:
+        raise BadReading("stub-length", f"stub frame of {len(payload)} bytes")
+    dev = registry_lookup(int.from_bytes(payload[:2], "big"))
+    if dev is None:
+        raise UnknownDevice("unknown-short-id", "no device with that short id")
+    return Reading(device=dev.id, seq=int.from_bytes(payload[2:6], "big"), time=received,
+                   received=received, transport=transport, measurements=(
+                       Measurement("temp", "Cel",
+                                   int.from_bytes(payload[6:], "big", signed=True) / 100),))
+
+
+@pytest.fixture
+def lora_devices_file(tmp_path: Path) -> Path:
+    path = tmp_path / "devices.json"
+    path.write_text(json.dumps({"devices": [
+        {"id": i, "type": i.split("-")[0], "short_id": s, "key": "00" * 16}
+        for i, s in SHORT_IDS.items()]}))
+    return path
+
+
+@dataclass
+class Parts:
+    """A gateway core without any adapter: registry, store, commands, stats, readings seen."""
+
+    core: Any
+    store: Store
+    commands: Any
+    stats: Any
+    registry: Any
+    seen: list[Reading]
+
+
+@pytest.fixture
+async def parts(tmp_path: Path, lora_devices_file: Path) -> AsyncIterator[Parts]:
+    from machi_gateway.core import Core
+    from machi_gateway.downlink.queue import CommandQueue
+    from machi_gateway.registry import Registry
+    from machi_gateway.stats import IngressStats
+
+    registry = Registry(lora_devices_file)
+    assert registry.reload_if_changed()
+    stats = IngressStats()
+    async with (
+        Store(tmp_path / "q.sqlite3", max_readings=1000, retry_after_s=30,
+              dedup_window_s=86400) as store,
+        CommandQueue(tmp_path / "commands.sqlite3") as commands,
+    ):
+        core = Core(registry, store, stats, commands=commands)
+        seen: list[Reading] = []
+        core.subscribe(seen.append)
+        yield Parts(core, store, commands, stats, registry, seen)
+
+
+@dataclass(frozen=True)
+class LoraStub:
+    """The stub codec as a fixture (test modules cannot import conftest under importlib)."""
+
+    short_ids: dict[str, int]
+    frame: Callable[[int, int, int], bytes]
+    decode: Callable[..., Reading]
+
+
+@pytest.fixture
+def lora() -> LoraStub:
+    return LoraStub(dict(SHORT_IDS), stub_frame, stub_decode)
+
+
+# ---- a real Mosquitto broker on a free port ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_mosquitto(exe: str, tmp_path: Path, port: int) -> Any:
+    import socket
+    import subprocess
+
+    conf = tmp_path / f"mosquitto-{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    log = tmp_path / f"mosquitto-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None  # the port was taken meanwhile: the caller tries another
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"mosquitto did not listen within 15 s: {log.read_text()}")
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto started for this test (anonymous, 127.0.0.1, a port chosen now)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    assert Path(exe).exists(), "mosquitto is not installed (Debian package: mosquitto)"
+    for _ in range(3):
+        port = _free_port()
+        proc = _start_mosquitto(exe, tmp_path, port)
+        if proc is not None:
+            break
+    else:
+        raise AssertionError("mosquitto could not bind a free port three times")
+    try:
+        yield Broker("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- a fake cloud for the control plane: commands (C3) and the device registry (C4) ------
+
+
+@dataclass
+class ControlCloud:
+    """GET /v1/gateways/{gw}/commands?wait=, POST /v1/commands/{id}/state,
+    GET /v1/gateways/{gw}/devices; JSON, like the real cloud with Accept: json."""
+
+    port: int = 0
+    token: str = "gw-token"
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    states: list[tuple[str, str, str]] = field(default_factory=list)  # (id, state, detail)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    polls: int = 0
+    fail_next: int = 0  # answer this many requests with 503 first
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def state(self, cid: str) -> str:
+        """The latest state reported for command ``cid`` ("queued" if none)."""
+        return next((s for i, s, _ in reversed(self.states) if i == cid), "queued")
+
+    def _pending(self) -> list[dict[str, Any]]:
+        return [c for c in self.commands if self.state(c["id"]) == "queued"]
+
+    async def route(self, method: str, target: str, body: bytes) -> tuple[int, Any]:
+        from urllib.parse import parse_qs, urlsplit
+        url = urlsplit(target)
+        parts = url.path.strip("/").split("/")
+        if method == "GET" and parts[-1] == "commands":
+            self.polls += 1
+            wait = min(float(parse_qs(url.query).get("wait", ["0"])[0]), 0.3)
+            if not self._pending():
+                self.changed.clear()
+                try:
+                    async with asyncio.timeout(wait):
+                        await self.changed.wait()
+                except TimeoutError:
+                    pass
+            return 200, {"commands": self._pending()}
+        if method == "POST" and parts[-1] == "state":
+            doc = json.loads(body)
+            self.states.append((parts[-2], doc["state"], doc.get("detail", "")))
+            return 200, {"id": parts[-2], "state": doc["state"]}
+        if method == "GET" and parts[-1] == "devices":
+            return 200, {"devices": self.devices}
+        return 404, {"title": "not found"}
+
+    def add(self, **command: Any) -> None:
+        self.commands.append(command)
+        self.changed.set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, target = head[0].split()[:2]
+            headers = {k.lower(): v.strip() for k, _, v in
+                       (h.partition(":") for h in head[1:] if h)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            if headers.get("authorization") != f"Bearer {self.token}":
+                status, doc = 401, {"title": "bad token"}
+            elif self.fail_next > 0:
+                self.fail_next -= 1
+                status, doc = 503, {"title": "busy"}
+            else:
+                status, doc = await self.route(method, target, body)
+            payload = json.dumps(doc).encode()
+            writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self.tasks.discard(task)
+
+
+@pytest.fixture
+async def control_cloud() -> AsyncIterator[ControlCloud]:
+    cloud = ControlCloud()
+    server = await asyncio.start_server(cloud.handle, "127.0.0.1", 0)
+    cloud.port = server.sockets[0].getsockname()[1]
+    try:
+        yield cloud
+    finally:
+        server.close()
+        for task in list(cloud.tasks):
+            task.cancel()
+        if cloud.tasks:
+            await asyncio.wait(cloud.tasks, timeout=5)
+        await server.wait_closed()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiocoap
+import cbor2
 import pytest
 
 from machi_gateway.core import Core
@@ -68,7 +70,11 @@ async def test_new_reading_is_changed_and_stored(
     for case in vectors("senml-readings.json"):
         resp = await gw.post(bytes.fromhex(case["hex"]))
         assert resp.code == aiocoap.CHANGED, (case["name"], resp.payload)
-        assert resp.payload == b""
+        # Contract C1: the ACK tells the node the gateway's time, CF 60, a few bytes.
+        assert resp.opt.content_format == 60
+        before = int(time.time())
+        doc = cbor2.loads(resp.payload)
+        assert set(doc) == {1} and abs(doc[1] - before) <= 5 and len(resp.payload) <= 7
     assert gw.store.depth == len(vectors("senml-readings.json"))
     assert gw.stats.readings_in == gw.store.depth
 
@@ -152,3 +158,49 @@ async def test_garbage_datagrams_do_not_stop_the_server(
             s.sendto(junk, ("127.0.0.1", gw.port))
     resp = await gw.post(bytes.fromhex(vectors("senml-readings.json")[0]["hex"]))
     assert resp.code == aiocoap.CHANGED
+
+
+async def test_disk_quota_is_503_with_max_age(tmp_path: Path, devices_file: Path) -> None:
+    """A queue over its byte quota answers 5.03 + Max-Age and stores nothing more;
+    duplicates of stored readings still get their 2.04."""
+    registry = Registry(devices_file)
+    assert registry.reload_if_changed()
+    stats = IngressStats()
+    big = "x" * 400
+    async with Store(tmp_path / "q.db", max_readings=10**6, retry_after_s=17,
+                     dedup_window_s=3600, max_bytes=96 * 1024) as store:
+        async with CoapIngress(Core(registry, store, stats), host="127.0.0.1", port=0,
+                               max_payload=1024) as coap:
+            client = await aiocoap.Context.create_client_context()
+            try:
+                async def post(seq: int) -> aiocoap.Message:
+                    payload = cbor2.dumps([{0: "seq", 2: seq, -2: "env-0001:"},
+                                           {0: "note", 3: big}])
+                    msg = aiocoap.Message(code=aiocoap.POST, payload=payload,
+                                          uri=f"coap://127.0.0.1:{coap.address[1]}/r")
+                    msg.opt.content_format = 112
+                    return await client.request(msg).response
+
+                seq = 0
+                while True:
+                    seq += 1
+                    resp = await post(seq)
+                    if resp.code != aiocoap.CHANGED:
+                        break
+                    assert seq < 2000, "the quota never applied"
+                assert resp.code == aiocoap.SERVICE_UNAVAILABLE
+                assert resp.opt.max_age == 17
+                assert store.depth == seq - 1 and stats.rejected["disk-quota"] == 1
+                assert (await post(1)).code == aiocoap.CHANGED  # a duplicate
+                # Uploads free pages: the node gets in again.
+                await store.ack([("env-0001", s) for s in range(1, seq)])
+                assert (await post(seq)).code == aiocoap.CHANGED
+            finally:
+                await client.shutdown()
+
+
+async def test_other_paths_are_404(gw: Gw) -> None:
+    for path in ("x", ".well-known/core", "r/r"):
+        uri = gw.uri.removesuffix("/r") + "/" + path
+        resp = await gw.client.request(aiocoap.Message(code=aiocoap.POST, uri=uri)).response
+        assert resp.code == aiocoap.NOT_FOUND, path

@@ -86,3 +86,17 @@ def test_example_passes_check_config(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert "config ok" in out.stdout and "gw-01" in out.stdout
+
+
+def test_json_logs_carry_extra_fields() -> None:
+    import json as _json
+    import logging
+
+    from machi_gateway.logs import JsonFormatter
+
+    rec = logging.LogRecord("machi_gateway.ingress.coap", logging.WARNING, __file__, 1,
+                            "coap %s from %s", ("4.01", "10.0.0.7"), None)
+    rec.__dict__.update(device="env-0001", seq=5, reason="unknown-device")
+    doc = _json.loads(JsonFormatter().format(rec))
+    assert doc["msg"] == "coap 4.01 from 10.0.0.7" and doc["level"] == "warning"
+    assert (doc["device"], doc["seq"], doc["reason"]) == ("env-0001", 5, "unknown-device")

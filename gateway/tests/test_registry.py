@@ -55,3 +55,57 @@ async def test_watch_picks_up_a_new_device(tmp_path: Path, until: Any) -> None:
         _write(path, {"devices": [{"id": "env-0009", "type": "env"}]}, bump=1)
         await until(lambda: "env-0009" in reg, within=5)
         task.cancel()
+
+
+def test_short_id_key_and_revoked(tmp_path: Path) -> None:
+    path = tmp_path / "devices.json"
+    key = "000102030405060708090a0b0c0d0e0f"
+    _write(path, {"devices": [
+        {"id": "env-0001", "type": "env", "short_id": 0x0101, "key": key},
+        {"id": "bin-0002", "type": "bin", "short_id": 7, "key": None, "revoked": True},
+        {"id": "light-0001"}]}, bump=1)
+    reg = Registry(path)
+    assert reg.reload_if_changed()
+    dev = reg.by_short_id(0x0101)
+    assert dev is not None and dev.id == "env-0001" and dev.key == bytes(range(16))
+    assert key not in repr(dev)  # keys never reach a log line
+    assert "env-0001" in reg and "light-0001" in reg
+    # Revoked: known (by_short_id still finds it, to say why) but not accepted.
+    assert "bin-0002" not in reg and reg.get("bin-0002") is not None
+    assert reg.by_short_id(7) is not None and reg.by_short_id(8) is None
+    # Revocation and key rotation take effect at the next reload, no restart.
+    _write(path, {"devices": [{"id": "env-0001", "short_id": 0x0101, "revoked": True}]},
+           bump=2)
+    assert reg.reload_if_changed() and "env-0001" not in reg
+    assert reg.by_short_id(0x0101) is not None and reg.by_short_id(7) is None
+
+
+@pytest.mark.parametrize("item", [{"short_id": 70000}, {"short_id": True}, {"key": "00"},
+                                  {"key": "zz" * 16}, {"revoked": "yes"}])
+def test_bad_c5_fields(item: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        parse_devices(json.dumps({"devices": [{"id": "env-0001", **item}]}))
+
+
+def test_short_ids_are_unique() -> None:
+    with pytest.raises(ValueError, match="short_id 3"):
+        parse_devices(json.dumps({"devices": [{"id": "a", "short_id": 3},
+                                              {"id": "b", "short_id": 3}]}))
+
+
+async def test_revoked_device_gets_401_reason_revoked(
+    tmp_path: Path, store: Any, make_reading: Any
+) -> None:
+    from machi_gateway.core import Core
+    from machi_gateway.errors import UnknownDevice
+    from machi_gateway.stats import IngressStats
+
+    path = tmp_path / "devices.json"
+    _write(path, {"devices": [{"id": "env-0001", "revoked": True}]}, bump=1)
+    reg = Registry(path)
+    reg.reload_if_changed()
+    stats = IngressStats()
+    with pytest.raises(UnknownDevice) as info:
+        await Core(reg, store, stats).accept(make_reading())
+    assert info.value.code == "4.01" and info.value.reason == "revoked"
+    assert stats.rejected["revoked"] == 1 and store.depth == 0

@@ -4,28 +4,59 @@ An adapter listens on one transport (CoAP, LoRa, MQTT, BLE, ...), decodes what a
 into :class:`~machi_gateway.model.Reading` and hands it to a :class:`Sink`. It knows
 nothing of other adapters, the store or the uplink. The sink raises a
 :class:`~machi_gateway.errors.ResponseError` (whose ``code`` the adapter maps to its own
-reply) or returns only once the reading is durable, so the adapter may acknowledge.
+reply) or returns a :class:`Receipt` only once the reading is durable, so the adapter may
+acknowledge; the receipt carries what the acknowledgement should tell the node (the
+gateway time, and the commands waiting for it: docs/protocol.md §2 and §5).
 """
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Any, Literal, Protocol, Self
+
+import cbor2
 
 from ..model import Reading
 
 Accepted = Literal["new", "duplicate"]
 
+#: One command as the node receives it (contract C2): ``[cid, name, args]``.
+WireCommand = tuple[int, str, dict[str, Any]]
+
+ACK_TIME = 1
+ACK_COMMANDS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The sink's answer: the reading is durable; tell the node ``time`` and ``commands``."""
+
+    outcome: Accepted
+    time: int
+    commands: tuple[WireCommand, ...] = ()
+
+    def payload(self) -> bytes:
+        """The CF 60 body of the 2.04: ``{1: time}`` plus ``{2: [[cid, name, args]...]}``
+        when commands wait (contract C1/C2). A few bytes: ``a1 01 1a xxxxxxxx``."""
+        doc: dict[int, Any] = {ACK_TIME: self.time}
+        if self.commands:
+            doc[ACK_COMMANDS] = [list(c) for c in self.commands]
+        return bytes(cbor2.dumps(doc))
+
 
 class Sink(Protocol):
     """Where adapters deliver readings (the gateway core)."""
 
-    async def accept(self, reading: Reading) -> Accepted:
+    async def accept(self, reading: Reading) -> Receipt:
         """Check and durably queue ``reading``.
 
-        Returns "new" or "duplicate" (both mean: safe to acknowledge). Raises
-        UnknownDevice (4.01), QueueFull/StoreUnavailable (5.03).
+        Returns a receipt whose outcome is "new" or "duplicate" (both mean: safe to
+        acknowledge). Raises UnknownDevice (4.01), QueueFull/StoreUnavailable (5.03).
+        The receipt's commands are marked "sent"; they are offered again with every
+        later reading of that device until the node reports them, so an adapter that
+        cannot carry a downlink simply ignores them.
         """
         ...
 
