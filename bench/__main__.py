@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.firmware_encode", "bench.cloud_ingest", "bench.gateway_coap"]
+BENCHMARKS = ["bench.firmware_encode", "bench.cloud_ingest", "bench.gateway_coap", "bench.lora_airtime"]
 
 
 def main() -> int:
