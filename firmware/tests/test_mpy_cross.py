@@ -35,11 +35,17 @@ def test_there_is_something_to_compile() -> None:
     assert {"cbor.py", "senml.py", "coap.py"} <= names, names
 
 
+# bytecode for any port, and native-capable output for the ESP32's Xtensa core
+ARCHES = ["bytecode", "xtensawin"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("source", SOURCES, ids=[str(p.relative_to(FIRMWARE)) for p in SOURCES])
-def test_compiles_with_mpy_cross(source: Path, tmp_path: Path) -> None:
+def test_compiles_with_mpy_cross(source: Path, arch: str, tmp_path: Path) -> None:
     out = tmp_path / (source.stem + ".mpy")
+    march = [] if arch == "bytecode" else [f"-march={arch}"]
     result = subprocess.run(
-        [mpy_cross_binary(), "-o", str(out), str(source)],
+        [mpy_cross_binary(), *march, "-o", str(out), str(source)],
         capture_output=True,
         text=True,
         timeout=60,
