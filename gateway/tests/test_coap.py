@@ -111,6 +111,25 @@ async def test_bad_request_diagnostic(gw: Gw) -> None:
     assert resp.payload.decode().startswith("cbor:")
 
 
+def _datagram_size(msg: aiocoap.Message) -> int:
+    """RFC 7252 §3: header, token, options, payload marker and payload."""
+    body = 1 + len(msg.payload) if msg.payload else 0
+    return 4 + len(msg.token) + len(msg.opt.encode()) + body
+
+
+async def test_error_answers_are_never_larger_than_the_request(
+    gw: Gw, vectors: Callable[[str], Any]
+) -> None:
+    payloads = [bytes.fromhex(c["hex"]) for c in vectors("senml-invalid.json")]
+    payloads += [b"", b"\x9f", b"\xff" * 3, bytes.fromhex("a1006373657101")]
+    for payload in payloads:
+        request = aiocoap.Message(code=aiocoap.POST, uri=gw.uri, payload=payload,
+                                  content_format=112)
+        resp = await gw.client.request(request).response
+        assert resp.code.is_successful() is False
+        assert _datagram_size(resp) <= _datagram_size(request), (payload.hex(), resp.payload)
+
+
 async def test_missing_content_format_is_415(gw: Gw, vectors: Callable[[str], Any]) -> None:
     resp = await gw.post(bytes.fromhex(vectors("senml-readings.json")[0]["hex"]), cf=None)
     assert resp.code == aiocoap.UNSUPPORTED_CONTENT_FORMAT

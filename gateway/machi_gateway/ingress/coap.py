@@ -84,7 +84,7 @@ class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyp
             peer = _peer(request)
             log.warning("coap %s from %s: %s", exc.code, peer, exc.detail,
                         extra={"peer": peer, "reason": exc.reason, "code": exc.code})
-            return self._error(exc)
+            return self._error(exc, request)
         try:
             receipt = await self.sink.accept(reading)
         except ResponseError as exc:
@@ -93,7 +93,7 @@ class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyp
                         exc.code, peer, reading.device, reading.seq, exc.detail,
                         extra={"peer": peer, "reason": exc.reason, "code": exc.code,
                                "device": reading.device, "seq": reading.seq})
-            return self._error(exc)
+            return self._error(exc, request)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("coap 2.04 %s %s seq %d from %s (%d commands)", receipt.outcome,
                       reading.device, reading.seq, _peer(request), len(receipt.commands))
@@ -101,14 +101,19 @@ class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyp
         return aiocoap.Message(code=aiocoap.CHANGED, payload=receipt.payload(),
                                content_format=CBOR)
 
-    def _error(self, exc: ResponseError) -> aiocoap.Message:
+    def _error(self, exc: ResponseError, request: aiocoap.Message) -> aiocoap.Message:
         msg = aiocoap.Message(code=coap_code(exc.code))
         if isinstance(exc, PayloadTooLarge):
             msg.opt.size1 = self.max_payload
         elif isinstance(exc, StoreUnavailable):
             msg.opt.max_age = exc.retry_after_s
         else:
-            msg.payload = exc.detail.encode("utf-8")[: self.max_payload]
+            # No amplification: an error answer to an unauthenticated request is never
+            # larger than the request. The answer is header + token + 0xff + diagnostic,
+            # so the diagnostic gets what the request spent beyond its header and token.
+            spent = len(request.opt.encode()) + (1 + len(request.payload) if request.payload else 0)
+            limit = spent - 1
+            msg.payload = exc.detail.encode("utf-8")[: max(0, min(limit, self.max_payload))]
         return msg
 
 
