@@ -27,9 +27,10 @@ import random
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 
 @dataclass(frozen=True)
@@ -225,11 +226,28 @@ def _addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _write_json(path: str, data: object) -> None:
+def write_json_atomic(path: str, data: object) -> None:
     """Atomically (tmp + rename), so a poller never reads half a file."""
     tmp = Path(path + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
+
+
+async def serve_until_signalled(
+    proxy: Any, ready_info: Callable[[Any], dict[str, Any]], args: argparse.Namespace
+) -> None:
+    """Run an (async context manager) proxy until SIGTERM/SIGINT: announce it in
+    `--ready-file`, and leave its counters in `--stats-file` on the way out."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with proxy:
+        if args.ready_file:
+            write_json_atomic(args.ready_file, {**ready_info(proxy), "seed": args.seed})
+        await stop.wait()
+        if args.stats_file:
+            write_json_atomic(args.stats_file, dict(proxy.stats))
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -237,18 +255,10 @@ async def _serve(args: argparse.Namespace) -> None:
         loss=args.loss, duplicate=args.duplicate, reorder=args.reorder, delay_s=args.delay,
         jitter_s=args.jitter, drop_corrupt=args.drop_corrupt, corrupt=args.corrupt,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with UdpFaultProxy(_addr(args.target), faults, seed=args.seed,
-                             listen=_addr(args.listen)) as proxy:
-        if args.ready_file:
-            _write_json(args.ready_file, {"listen": list(proxy.address), "seed": args.seed,
-                                          "faults": asdict(faults)})
-        await stop.wait()
-        if args.stats_file:
-            _write_json(args.stats_file, dict(proxy.stats))
+    proxy = UdpFaultProxy(_addr(args.target), faults, seed=args.seed, listen=_addr(args.listen))
+    await serve_until_signalled(
+        proxy, lambda p: {"listen": list(p.address), "faults": asdict(faults)}, args
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

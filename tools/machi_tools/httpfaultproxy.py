@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import random
-import signal
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import httpx
+
+from .faultproxy import serve_until_signalled
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
@@ -141,12 +140,6 @@ class HttpFaultProxy:
         await writer.drain()
 
 
-def _write_json(path: str, data: object) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def _outage(text: str) -> tuple[float, float]:
     start, _, end = text.partition(":")
     return float(start), float(end)
@@ -155,18 +148,13 @@ def _outage(text: str) -> tuple[float, float]:
 async def _serve(args: argparse.Namespace) -> None:
     faults = HttpFaults(error=args.error, hang=args.hang, lose_response=args.lose_response,
                         hang_s=args.hang_s, outages=tuple(args.outage))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with HttpFaultProxy(args.target, faults, seed=args.seed) as proxy:
-        host, port = proxy.address
-        if args.ready_file:
-            _write_json(args.ready_file, {"url": f"http://{host}:{port}", "seed": args.seed,
-                                          "faults": asdict(faults)})
-        await stop.wait()
-        if args.stats_file:
-            _write_json(args.stats_file, dict(proxy.stats))
+    proxy = HttpFaultProxy(args.target, faults, seed=args.seed)
+
+    def ready(p: HttpFaultProxy) -> dict[str, object]:
+        host, port = p.address
+        return {"url": f"http://{host}:{port}", "faults": asdict(faults)}
+
+    await serve_until_signalled(proxy, ready, args)
 
 
 def main(argv: list[str] | None = None) -> int:
