@@ -1,6 +1,8 @@
-"""`machi`: the technician's command line (demo, emulated fleet; more subcommands follow).
+"""`machi`: the technician's command line: build, flash, provision, monitor, doctor; and the
+demo and emulated fleet.
 
-Exit codes: 0 success, 1 the job failed (details printed), 2 bad usage.
+Exit codes: 0 success, 1 the job failed (the message says why and what to do), 2 bad usage,
+3 `doctor` found something to fix / the board's self-test failed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from .procs import ProcessError
 
 EXAMPLES = """\
 examples:
+  machi build --board esp32 --out build/esp32   compile the firmware, write manifest.json
+  machi flash --port /dev/ttyUSB0 --firmware ESP32_GENERIC-v1.24.bin
+  machi provision --port /dev/ttyUSB0 --type env --site "Main St 4" --lat 36.11 --lon 137.95 \\
+        --gateway-addr 192.168.4.1:5683 --cloud https://machi.example --admin-token $TOKEN
+  machi monitor --port /dev/ttyUSB0
+  machi doctor --port /dev/ttyUSB0 --gateway-health http://192.168.4.1:8080 --cloud URL
   machi demo                                  cloud + gateway + 8 emulated nodes, live summary
   machi demo --duration 30 --env 5            stop by itself after 30 s
   machi fleet --gateway 127.0.0.1:5683 --env 10 --bin 5 --devices-file devices.json
@@ -70,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the gateway's device registry (JSON) here")
     fleet.add_argument("--ack-timeout", type=float, default=2.0,
                        help="CoAP ACK_TIMEOUT in seconds (default 2, RFC 7252)")
+    from .cli_field import add_field_commands
+
+    add_field_commands(sub)
     return parser
 
 
@@ -131,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo(args, console)
         if args.command == "fleet":
             return cmd_fleet(args, console)
+        from .cli_field import run_field_command
+
+        return run_field_command(args, console)
     except ProcessError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1

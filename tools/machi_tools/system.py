@@ -97,6 +97,9 @@ class Cloud:
     process: ManagedProcess | None = None
     url: str = ""
     port: int = 0  # 0: a free port at first start; a restart keeps the port it got
+    # people's tokens, "name=ROLE:TOKEN,..." (MACHI_CLOUD_API_TOKENS), e.g. an admin for
+    # `machi provision`; empty: none
+    api_tokens: str = ""
 
     def start(self, timeout: float = 30.0) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,8 @@ class Cloud:
             ],
             log_path=self.workdir / "logs" / "cloud.log",
             ready_file=self.workdir / "cloud.ready",
-            env={"MACHI_CLOUD_GATEWAY_TOKENS": f"{self.gateway_id}={self.token}"},
+            env={"MACHI_CLOUD_GATEWAY_TOKENS": f"{self.gateway_id}={self.token}",
+                 **({"MACHI_CLOUD_API_TOKENS": self.api_tokens} if self.api_tokens else {})},
         )
         self.process.start()
         self.url = str(self.process.wait_ready(timeout)["url"])
@@ -137,6 +141,9 @@ class Gateway:
     batch_max: int = 500
     batch_age_s: float = 0.5
     coap_port: int = 0
+    # fetch the device registry from the cloud (C4) every sync_interval_s, not only the file
+    devices_sync: bool = False
+    sync_interval_s: float = 1.0
     process: ManagedProcess | None = None
     coap: tuple[str, int] = ("127.0.0.1", 0)
     health_url: str = ""
@@ -164,6 +171,8 @@ class Gateway:
                     f"port = {self.coap_port}",
                     "[devices]",
                     f'file = "{self.devices_path}"',
+                    *(["sync = true", f"sync_interval_s = {self.sync_interval_s}"]
+                      if self.devices_sync else []),
                     "[uplink]",
                     f'url = "{self.cloud_url}"',
                     f'token = "{self.token}"',
