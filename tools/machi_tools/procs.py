@@ -140,12 +140,14 @@ class ManagedProcess:
         if self.alive() and self.popen is not None:
             self.popen.send_signal(sig)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """`stop_signal`, then SIGKILL after `timeout`: returns the exit code."""
+    def stop(self, timeout: float = 10.0, *, signalled: bool = False) -> int | None:
+        """`stop_signal` (unless the caller already sent it: a second SIGINT would cut a
+        node's clean shutdown short), then SIGKILL after `timeout`: returns the exit code."""
         if self.popen is None:
             return None
         if self.popen.poll() is None:
-            self.popen.send_signal(self.stop_signal)
+            if not signalled:
+                self.popen.send_signal(self.stop_signal)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -144,6 +144,9 @@ class Gateway:
     # fetch the device registry from the cloud (C4) every sync_interval_s, not only the file
     devices_sync: bool = False
     sync_interval_s: float = 1.0
+    # long-poll the cloud for commands and deliver them in the nodes' ACKs (C2/C3)
+    downlink: bool = False
+    downlink_idle_s: float = 0.5
     process: ManagedProcess | None = None
     coap: tuple[str, int] = ("127.0.0.1", 0)
     health_url: str = ""
@@ -181,6 +184,8 @@ class Gateway:
                     "backoff_initial_s = 0.2",
                     "backoff_max_s = 2.0",
                     "timeout_s = 5",
+                    *(["[downlink]", "enabled = true", "wait_s = 10",
+                       f"idle_s = {self.downlink_idle_s}"] if self.downlink else []),
                     "[health]",
                     'host = "127.0.0.1"',
                     "port = 0",
@@ -355,7 +360,7 @@ class Fleet:
                 node.process.signal(signal.SIGINT)
         for node in self.nodes:
             if node.process is not None:
-                node.process.stop(timeout=5)
+                node.process.stop(timeout=10, signalled=True)
 
     def logs(self) -> str:
         return "\n".join(f"--- {n.spec.device_id}\n{n.process.log_tail(15) if n.process else ''}"
