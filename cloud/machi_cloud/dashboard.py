@@ -115,6 +115,8 @@ function kind(d) {
   return "env";
 }
 function value(d, m) { return d.latest[m] ? d.latest[m].value : null; }
+// two decimals at most: 3.796875 V reads 3.8 V, 21.25 Cel stays 21.25
+function num(v) { return typeof v === "number" ? String(Math.round(v * 100) / 100) : String(v); }
 function flagged(d) { return d.health === "stale" || d.low_battery; }
 function ago(t) {
   if (typeof t !== "number") return "never";
@@ -225,13 +227,13 @@ function drawDevices(devices) {
     tr.appendChild(el("td", kind(d)));
     tr.appendChild(el("td", d.health, "health"));
     tr.appendChild(el("td", ago(d.last_seen)));
-    const bat = d.battery ? d.battery.value + " " + (d.battery.unit || "") : "";
+    const bat = d.battery ? num(d.battery.value) + " " + (d.battery.unit || "") : "";
     tr.appendChild(el("td", bat, "num"));
     const td = el("td");
     for (const [name, v] of Object.entries(d.latest)) {
       const span = el("span", null, "metric");
       span.appendChild(el("b", name + " "));
-      span.appendChild(document.createTextNode(String(v.value) + (v.unit ? " " + v.unit : "")));
+      span.appendChild(document.createTextNode(num(v.value) + (v.unit ? " " + v.unit : "")));
       td.appendChild(span);
     }
     tr.appendChild(td);

@@ -8,6 +8,7 @@ queue to the cloud), then the cloud.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .system import Cloud, Fleet, Gateway, fleet_specs, write_devices_file
+from .system import Cloud, Fleet, Gateway, NodeSpec, fleet_specs, write_devices_file
 
 SHOWN_METRICS = ("temp", "hum", "pm25", "fill", "lamp", "dim", "power", "bat")
 
@@ -68,6 +69,24 @@ def summary_table(devices: list[dict[str, Any]], expected: list[str], now: float
     return table
 
 
+# Shiojiri, Nagano: the nodes are laid out on a small grid around the city hall
+_ORIGIN = (36.1150, 137.9540)
+
+
+def register_on_map(url: str, admin_token: str, gateway_id: str, specs: list[NodeSpec]) -> None:
+    """Register every node with the cloud, with coordinates, so the dashboard's map and the
+    streetlight controls have something to show (as `machi provision` does for real ones)."""
+    with httpx.Client(base_url=url, timeout=10,
+                      headers={"Authorization": f"Bearer {admin_token}"}) as client:
+        for i, spec in enumerate(specs):
+            lat = _ORIGIN[0] + (i // 3) * 0.004 - 0.004
+            lon = _ORIGIN[1] + (i % 3) * 0.005 - 0.005
+            resp = client.put(f"/v1/devices/{spec.device_id}", json={
+                "type": spec.type, "gateway": gateway_id, "site": "demo", "lat": round(lat, 5),
+                "lon": round(lon, 5), "transport": "coap"})
+            resp.raise_for_status()
+
+
 def run_demo(options: DemoOptions, console: Console) -> int:
     workdir = options.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +95,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         interval_s=options.interval_s,
     )
     expected = [s.device_id for s in specs]
-    cloud = Cloud(workdir=workdir)
+    admin, operator = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    cloud = Cloud(workdir=workdir,
+                  api_tokens=f"demo-admin=admin:{admin},demo-operator=operator:{operator}")
     gateway: Gateway | None = None
     fleet: Fleet | None = None
     started = time.monotonic()
@@ -85,7 +106,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         with console.status("starting the cloud (machi-cloud, SQLite)..."):
             url = cloud.start()
         console.print(f"[green]cloud[/] {url}   dashboard: {url}/   API docs: {url}/docs")
-        gateway = Gateway(workdir=workdir, cloud_url=url, token=cloud.token)
+        register_on_map(url, admin, cloud.gateway_id, specs)
+        console.print(f"       operator token for the dashboard's streetlight controls: {operator}")
+        gateway = Gateway(workdir=workdir, cloud_url=url, token=cloud.token, downlink=True)
         write_devices_file(gateway.devices_path, specs)
         with console.status("starting the gateway (machi-gateway, CoAP)..."):
             coap = gateway.start()
