@@ -81,7 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_field import add_field_commands
 
     add_field_commands(sub)
+    audit = sub.add_parser("audit", help="check the cloud's hash-chained audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="detect edited, deleted or reordered audit entries (exit 1 if any)")
+    verify.add_argument("--db", required=True, help="the machi-cloud SQLite file")
     return parser
+
+
+def cmd_audit_verify(args: argparse.Namespace, console: Console) -> int:
+    """`machi audit verify` is the cloud's own checker, so there is one implementation."""
+    try:
+        from machi_cloud.audit import main as audit_main
+    except ImportError:
+        console.print("[red]error:[/] the cloud package is not installed: pip install '.[cloud]'")
+        return 1
+    return audit_main(["--db", args.db])
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
@@ -142,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo(args, console)
         if args.command == "fleet":
             return cmd_fleet(args, console)
+        if args.command == "audit":
+            return cmd_audit_verify(args, console)
         from .cli_field import run_field_command
 
         return run_field_command(args, console)

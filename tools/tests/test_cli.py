@@ -97,3 +97,38 @@ def test_fleet_specs_names_and_validation() -> None:
     assert all(s.count == 3 and s.interval_s == 0.5 for s in specs)
     with pytest.raises(ValueError, match="node type"):
         fleet_specs({"toaster": 1})
+
+
+def test_audit_verify_detects_an_edited_row(tmp_path: Path) -> None:
+    """`machi audit verify` on a real cloud database: OK, then TAMPERED after an edit."""
+    import sqlite3
+
+    import httpx as _httpx
+
+    admin = "t0ken-admin"
+    cloud = Cloud(workdir=tmp_path, api_tokens=f"root=admin:{admin}")
+    try:
+        url = cloud.start()
+        with _httpx.Client(base_url=url, timeout=10,
+                           headers={"Authorization": f"Bearer {admin}"}) as client:
+            for i in range(3):
+                resp = client.put(f"/v1/devices/env-{i:04d}", json={
+                    "type": "env", "gateway": "gw-01", "site": "t", "lat": 36.1, "lon": 137.9,
+                    "transport": "coap"})
+                assert resp.status_code == 201, resp.text
+    finally:
+        cloud.stop()
+    db = str(tmp_path / "cloud.sqlite")
+    ok = run_machi("audit", "verify", "--db", db)
+    assert ok.returncode == 0 and "OK, 3 entries" in ok.stdout, ok.stdout + ok.stderr
+    con = sqlite3.connect(db)
+    triggers = [r[0] for r in con.execute(
+        "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit'")]
+    for name in triggers:  # an attacker with the file can drop the guards; the chain still tells
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute("UPDATE audit SET details = replace(details, 'env', 'bin') WHERE seq = 2")
+    con.commit()
+    con.close()
+    bad = run_machi("audit", "verify", "--db", db)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "TAMPERED" in bad.stdout
