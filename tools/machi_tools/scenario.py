@@ -28,7 +28,7 @@ import httpx
 from .procs import ManagedProcess, executable
 from .system import Cloud, CoapProfile, Fleet, Gateway, fleet_specs, write_devices_file
 
-ACTIONS = {"kill_gateway", "restart_gateway", "kill_cloud", "restart_cloud"}
+ACTIONS = {"kill_gateway", "restart_gateway", "kill_cloud", "restart_cloud", "power_cut_nodes"}
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,16 @@ class _Run:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"nodes never reached {fault.after_acks} acks")
                 time.sleep(0.1)
-            if fault.action in ("kill_gateway", "restart_gateway"):
+            if fault.action == "power_cut_nodes":
+                # kill -9 every node mid-whatever (a write to its ring buffer, a send), then
+                # power them up again: their buffered readings must still arrive
+                for node in self.fleet.nodes:
+                    if node.process is not None:
+                        node.process.kill()
+                time.sleep(fault.down_s)
+                for node in self.fleet.nodes:
+                    node.start()
+            elif fault.action in ("kill_gateway", "restart_gateway"):
                 if fault.action == "kill_gateway":
                     self.gateway.kill()
                 else:
