@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv demo test system-deps lint bench soak clean
+.PHONY: all venv demo test system-deps lint bench firmware soak clean
 
 all: test
 
@@ -32,6 +32,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# the firmware bundle (.mpy + manifest of hashes) for an ESP32; BOARD=unix for emulated nodes
+BOARD ?= esp32
+firmware: $(STAMP)
+	$(BIN)/machi build --board $(BOARD) --out build/firmware-$(BOARD)
+
+# the long soak, by hand (~10 min): 100 emulated nodes, network and process faults
+SOAK ?= hil_tests/scenarios/soak-100.json
+soak: $(STAMP)
+	$(BIN)/python -m machi_tools.scenario $(SOAK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
