@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.firmware_encode", "bench.cloud_ingest", "bench.gateway_coap", "bench.lora_airtime"]
+BENCHMARKS = [
+    "bench.firmware_encode",
+    "bench.lora_airtime",
+    "bench.gateway_coap",
+    "bench.cloud_ingest",
+]
 
 
 def main() -> int:
