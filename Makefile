@@ -23,7 +23,7 @@ demo: $(STAMP)
 system-deps: tools/system-deps.sh
 	bash tools/system-deps.sh
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
