@@ -30,7 +30,7 @@ from fastapi.responses import Response
 from .auth import Principal, reader
 from .batch import DEVICE_ID, Value
 from .errors import BadQuery, NotFound, NotSupported
-from .query import parse_time
+from .query import next_page, parse_time, reading_query
 from .storage import Cursor, ReadingQuery, ReadingRow, Storage
 from .storage.base import MAX_QUERY_LIMIT
 from .storage.records import AggregateQuery, RegisteredDevice
@@ -194,20 +194,11 @@ async def get_open_data(
     storage: Storage = request.app.state.storage
     try:
         cursor = Cursor.decode(after) if after else None
-        query = ReadingQuery(
-            device=device or None,
-            metric=metric or None,
-            since=parse_time(since, "since"),
-            until=parse_time(until, "until"),
-            limit=limit,
-            after=cursor,
-        )
+        query = reading_query(device, metric, since, until, limit=limit, after=cursor)
     except ValueError as exc:
         raise BadQuery(f"{exc}: check after (a `next` value), since and until") from exc
     raw = await storage.readings(query)
-    nxt = (
-        Cursor(raw[-1].device, raw[-1].seq, raw[-1].metric).encode() if len(raw) == limit else None
-    )
+    nxt = next_page(raw, limit)
     personal = {d for d, r in (await _registry(storage)).items() if r.personal}
     rows = [
         (r.device, r.time, r.metric, r.unit, r.value)

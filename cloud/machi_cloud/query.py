@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -48,6 +49,34 @@ def parse_time(value: str | None, name: str) -> float | None:
     if not math.isfinite(seconds):
         raise BadQuery(f"{name} must be a finite number of seconds, got {value!r}")
     return seconds
+
+
+def reading_query(
+    device: str | None,
+    metric: str | None,
+    since: str | None,
+    until: str | None,
+    *,
+    limit: int,
+    after: Cursor | None,
+) -> ReadingQuery:
+    """The query of the readings endpoints' parameters (an empty string: no filter).
+    `BadQuery` for a time that is not one, ValueError for values `ReadingQuery` refuses."""
+    return ReadingQuery(
+        device=device or None,
+        metric=metric or None,
+        since=parse_time(since, "since"),
+        until=parse_time(until, "until"),
+        limit=limit,
+        after=after,
+    )
+
+
+def next_page(rows: Sequence[ReadingRow], limit: int) -> str | None:
+    """The `next` cursor after a page of `rows`; None when the page was not full (the end)."""
+    if len(rows) != limit:
+        return None
+    return Cursor(rows[-1].device, rows[-1].seq, rows[-1].metric).encode()
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -116,22 +145,11 @@ async def get_readings(
     except ValueError as exc:
         raise BadQuery(f"after={after!r} is {exc}: pass the `next` value of a page") from exc
     try:
-        query = ReadingQuery(
-            device=device or None,
-            metric=metric or None,
-            since=parse_time(since, "since"),
-            until=parse_time(until, "until"),
-            limit=limit,
-            after=cursor,
-        )
+        query = reading_query(device, metric, since, until, limit=limit, after=cursor)
     except ValueError as exc:
         raise BadQuery(str(exc)) from exc
     rows = await storage.readings(query)
-    next_cursor = (
-        Cursor(rows[-1].device, rows[-1].seq, rows[-1].metric).encode()
-        if len(rows) == query.limit
-        else None
-    )
+    next_cursor = next_page(rows, query.limit)
     headers = {"X-Next-Cursor": next_cursor} if next_cursor else None
     if format == "senml":
         from .exports import SENML_JSON, senml_pack

@@ -227,29 +227,29 @@ class Settings:
             )
 
 
-def parse_api_token_list(text: str, *, key: str) -> ApiTokens:
-    """`"alice=admin:secret,bob=operator:sha256:<hex>"` -> tokens."""
+def _name_value_list(text: str, *, key: str, expected: str) -> dict[str, str]:
+    """`"a=x,b=y"` -> {"a": "x", "b": "y"}; empty items are skipped, names stripped.
+    The error names `key` and the `expected` form, and never echoes a value (a secret)."""
     pairs: dict[str, str] = {}
     for item in (p.strip() for p in text.split(",")):
         if not item:
             continue
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or not value:
-            raise ConfigError(f"{key}: expected NAME=ROLE:TOKEN, got {name!r}=...")
+            raise ConfigError(f"{key}: expected {expected}, got {name!r}=...")
         pairs[name.strip()] = value
+    return pairs
+
+
+def parse_api_token_list(text: str, *, key: str) -> ApiTokens:
+    """`"alice=admin:secret,bob=operator:sha256:<hex>"` -> tokens."""
+    pairs = _name_value_list(text, key=key, expected="NAME=ROLE:TOKEN")
     return ApiTokens.from_mapping(pairs, key=key)
 
 
 def parse_token_list(text: str, *, key: str) -> GatewayTokens:
     """`"gw-01=secret,gw-02=other"` (as in the environment variable) -> tokens."""
-    pairs: dict[str, str] = {}
-    for item in (p.strip() for p in text.split(",")):
-        if not item:
-            continue
-        gw, sep, token = item.partition("=")
-        if not sep or not gw.strip() or not token:
-            raise ConfigError(f"{key}: expected GATEWAY=TOKEN, got {item.split('=')[0]!r}=...")
-        pairs[gw.strip()] = token
+    pairs = _name_value_list(text, key=key, expected="GATEWAY=TOKEN")
     return GatewayTokens.from_mapping(pairs, key=key)
 
 
@@ -271,6 +271,13 @@ _LIMIT_KEYS = {"max_body_bytes", "max_batch_readings"}
 def _check_type(key: str, value: Any, kind: type | tuple[type, ...], what: str) -> None:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: must be {what}, got {value!r}")
+
+
+def _take(data: dict[str, Any], values: dict[str, Any], key: str, kind: type, what: str) -> None:
+    """Copy `data[key]`, when given, into `values` once it has the right type."""
+    if key in data:
+        _check_type(key, data[key], kind, what)
+        values[key] = data[key]
 
 
 def settings_from_toml(path: Path, *, base: Settings | None = None) -> Settings:
@@ -296,21 +303,11 @@ def _settings_from_dict(data: dict[str, Any], *, base: Settings, relative_to: Pa
         _check_type("db", data["db"], str, "a path string")
         db = Path(data["db"])
         values["db"] = db if db.is_absolute() else relative_to / db
-    if "database_url" in data:
-        _check_type("database_url", data["database_url"], str, "a postgresql:// URL string")
-        values["database_url"] = data["database_url"]
-    if "host" in data:
-        _check_type("host", data["host"], str, "a string")
-        values["host"] = data["host"]
-    if "port" in data:
-        _check_type("port", data["port"], int, "an integer")
-        values["port"] = data["port"]
-    if "log_level" in data:
-        _check_type("log_level", data["log_level"], str, "a string")
-        values["log_level"] = data["log_level"]
-    if "access_log" in data:
-        _check_type("access_log", data["access_log"], bool, "true or false")
-        values["access_log"] = data["access_log"]
+    _take(data, values, "database_url", str, "a postgresql:// URL string")
+    _take(data, values, "host", str, "a string")
+    _take(data, values, "port", int, "an integer")
+    _take(data, values, "log_level", str, "a string")
+    _take(data, values, "access_log", bool, "true or false")
     if "gateway_tokens" in data:
         _check_type("gateway_tokens", data["gateway_tokens"], dict, "a table gateway = token")
         tokens = GatewayTokens.from_mapping(data["gateway_tokens"])
@@ -318,9 +315,7 @@ def _settings_from_dict(data: dict[str, Any], *, base: Settings, relative_to: Pa
     if "api_tokens" in data:
         _check_type("api_tokens", data["api_tokens"], dict, 'a table name = "ROLE:TOKEN"')
         values["api_tokens"] = base.api_tokens.merged(ApiTokens.from_mapping(data["api_tokens"]))
-    if "open_reads" in data:
-        _check_type("open_reads", data["open_reads"], bool, "true or false")
-        values["open_reads"] = data["open_reads"]
+    _take(data, values, "open_reads", bool, "true or false")
     if "limits" in data:
         limits = data["limits"]
         _check_type("limits", limits, dict, "a table")

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from machi_cloud.app import create_app
 from machi_cloud.settings import ApiTokens, GatewayTokens, Limits, Settings
+from machi_cloud.storage.pgserver import PostgresServer, find_bindir
 from machi_cloud.storage.sqlite import SQLiteStorage
 
 VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
@@ -190,6 +191,57 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "machi_cloud.cli"]
 
 
+def wait_ready(
+    proc: subprocess.Popen[bytes], ready: Path, log: Path, timeout_s: float = 60
+) -> dict[str, Any]:
+    """The ready file of a started `machi-cloud` (pid, url) once it is written; fails with
+    the process's log if it exits first or takes longer than `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        assert proc.poll() is None, f"exited early:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
+        time.sleep(0.05)
+    info: dict[str, Any] = json.loads(ready.read_text())
+    return info
+
+
+Ready = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture(name="wait_ready")
+def wait_ready_fixture() -> Ready:
+    return wait_ready
+
+
+def start_cloud(
+    args: list[str], ready: Path, log: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`machi-cloud ARGS --port 0 --ready-file READY` with its output in `log`; the caller
+    waits for it (`wait_ready`) and stops it."""
+    argv = [*_command(), *args, "--port", "0", "--ready-file", str(ready)]
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+Start = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture(name="start_cloud")
+def start_cloud_fixture() -> Start:
+    return start_cloud
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server of this test module (initdb + pg_ctl, a free port)."""
+    if find_bindir() is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not installed: set MACHI_PG_BINDIR"
+        )
+    with PostgresServer() as server:
+        yield server
+
+
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[str]:
     """A machi-cloud process on a free port (its URL); tokens in `process_tokens`."""
@@ -200,18 +252,9 @@ def cloud(tmp_path: Path) -> Iterator[str]:
         "MACHI_CLOUD_GATEWAY_TOKENS": f"gw-01={t['gw-01']}",
         "MACHI_CLOUD_API_TOKENS": f"alice=admin:{t['admin']},olga=operator:{t['operator']}",
     }
-    argv = [*_command(), "--db", str(tmp_path / "c.sqlite"), "--port", "0"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [*argv, "--ready-file", str(ready)], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
+    proc = start_cloud(["--db", str(tmp_path / "c.sqlite")], ready, log, env)
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, f"exited early:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
-            time.sleep(0.05)
-        yield json.loads(ready.read_text())["url"]
+        yield wait_ready(proc, ready, log)["url"]
     finally:
         proc.terminate()
         try:

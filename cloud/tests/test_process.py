@@ -2,44 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "machi-cloud"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "machi_cloud.cli"]
+Ready = Callable[..., dict[str, Any]]  # conftest.wait_ready
+Start = Callable[..., subprocess.Popen[bytes]]  # conftest.start_cloud
 
 
-def test_process_serves_and_stops_cleanly(tmp_path: Path, vector_body: bytes) -> None:
+def test_process_serves_and_stops_cleanly(
+    tmp_path: Path, vector_body: bytes, start_cloud: Start, wait_ready: Ready
+) -> None:
     ready = tmp_path / "cloud.ready"
     log = tmp_path / "cloud.log"
     env = {**os.environ, "MACHI_CLOUD_GATEWAY_TOKENS": "gw-01=proc-secret"}
-    argv = [
-        *_command(),
-        "--db",
-        str(tmp_path / "c.sqlite"),
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = start_cloud(["--db", str(tmp_path / "c.sqlite")], ready, log, env)
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None, f"exited early:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
+        info = wait_ready(proc, ready, log, 30)
         assert info["pid"] == proc.pid
         url = info["url"]
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")

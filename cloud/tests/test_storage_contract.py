@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from machi_cloud.errors import BatchConflict, NotFound, StorageUnavailable
 from machi_cloud.settings import GatewayTokens, Settings
 from machi_cloud.storage import Cursor, ReadingQuery, Storage
 from machi_cloud.storage.migrations.postgres import STEPS, migrate
-from machi_cloud.storage.pgserver import PostgresServer, PostgresUnavailable, find_bindir
+from machi_cloud.storage.pgserver import PostgresServer, PostgresUnavailable
 from machi_cloud.storage.postgres import SCHEMA_VERSION, PostgresStorage
 from machi_cloud.storage.records import (
     AggregateQuery,
@@ -42,16 +42,6 @@ H1, H2 = b"\x01" * 32, b"\x02" * 32
 _names = itertools.count()
 
 Factory = Callable[[], Storage]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    if find_bindir() is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not installed: set MACHI_PG_BINDIR"
-        )
-    with PostgresServer() as server:
-        yield server
 
 
 def fresh_database(pg: PostgresServer) -> str:

@@ -8,12 +8,9 @@ different bodies. Every reading must be stored exactly once and the conflict det
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,10 @@ import pytest
 
 from machi_cloud.cli import build_parser, load_settings
 from machi_cloud.settings import DATABASE_URL_ENV, ConfigError
-from machi_cloud.storage.pgserver import PostgresServer, find_bindir
+from machi_cloud.storage.pgserver import PostgresServer
+
+Ready = Callable[..., dict[str, Any]]  # conftest.wait_ready
+Start = Callable[..., subprocess.Popen[bytes]]  # conftest.start_cloud
 
 T0 = 1795390000
 TOKEN = "two-secret"
@@ -34,23 +34,10 @@ HEADERS = {
 }
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "machi-cloud"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "machi_cloud.cli"]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    if find_bindir() is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not installed: set MACHI_PG_BINDIR"
-        )
-    with PostgresServer() as server:
-        yield server
-
-
 @pytest.fixture
-def instances(pg: PostgresServer, tmp_path: Path) -> Iterator[list[str]]:
+def instances(
+    pg: PostgresServer, tmp_path: Path, start_cloud: Start, wait_ready: Ready
+) -> Iterator[list[str]]:
     """Two machi-cloud processes started together on one fresh database; their URLs."""
     dsn = pg.create_database("two_instances")
     env = {**os.environ, "MACHI_CLOUD_GATEWAY_TOKENS": f"gw-01={TOKEN}"}
@@ -58,19 +45,8 @@ def instances(pg: PostgresServer, tmp_path: Path) -> Iterator[list[str]]:
     try:
         for name in ("a", "b"):
             ready, log = tmp_path / f"{name}.ready", tmp_path / f"{name}.log"
-            argv = [*_command(), "--database-url", dsn, "--port", "0", "--ready-file", str(ready)]
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-            procs.append((proc, ready, log))
-        urls = []
-        deadline = time.monotonic() + 60
-        for proc, ready, log in procs:
-            while not ready.exists():
-                assert proc.poll() is None, f"exited early:\n{log.read_text()}"
-                assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
-                time.sleep(0.05)
-            urls.append(json.loads(ready.read_text())["url"])
-        yield urls
+            procs.append((start_cloud(["--database-url", dsn], ready, log, env), ready, log))
+        yield [wait_ready(proc, ready, log)["url"] for proc, ready, log in procs]
         for proc, _, log in procs:
             proc.terminate()
             assert proc.wait(timeout=20) == 0, log.read_text()

@@ -32,8 +32,9 @@ import asyncpg
 import cbor2
 
 from ..batch import Reading, Rejection, Value
-from ..errors import BatchConflict, StorageUnavailable
+from ..errors import StorageUnavailable
 from . import postgres_control as control
+from . import rows
 from .base import (
     BatchResult,
     DeviceSummary,
@@ -273,19 +274,14 @@ class PostgresStorage(Storage):
     ) -> BatchResult:
         if not await conn.fetchval(_CLAIM, gateway, batch_id, body_hash):
             row = await conn.fetchrow(_RECORDED, gateway, batch_id)
-            if bytes(row["body_sha256"]) != body_hash:
-                raise BatchConflict(
-                    f"batch_id {batch_id!r} of gateway {gateway!r} was already used for a "
-                    "different body; give every new batch a new batch_id"
-                )
-            return BatchResult.from_answer(cbor2.loads(row["answer"]), replayed=True)
+            return rows.replayed(gateway, batch_id, body_hash, row["body_sha256"], row["answer"])
         new: set[tuple[str, int]] = set()
         if p.unique:
             await conn.copy_records_to_table(
                 _STAGING, records=p.sample_records(), columns=_STAGING_COLUMNS
             )
-            rows = await conn.fetch(_INSERT_SAMPLES, gateway, batch_id)
-            new = {(r[0], r[1]) for r in rows}
+            inserted = await conn.fetch(_INSERT_SAMPLES, gateway, batch_id)
+            new = {(r[0], r[1]) for r in inserted}
         if new:
             m_records, l_cols, d_cols = p.derived(new)
             if m_records:
@@ -308,30 +304,21 @@ class PostgresStorage(Storage):
     # -- queries -----------------------------------------------------------------------
 
     async def readings(self, query: ReadingQuery) -> list[ReadingRow]:
-        where: list[str] = []
-        args: list[Any] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if query.device is not None:
-            where.append(f"m.device = {arg(query.device)}")
-        if query.metric is not None:
-            where.append(f"m.metric = {arg(query.metric)}")
-        if query.since is not None:
-            where.append(f"m.time >= {arg(float(query.since))}")
-        if query.until is not None:
-            where.append(f"m.time < {arg(float(query.until))}")
-        if query.after is not None:
-            d, s, m = query.after
-            where.append(f"(m.device, m.seq, m.metric) > ({arg(d)}, {arg(s)}, {arg(m)})")
+        p = rows.Params(numbered=True)
+        since = None if query.since is None else float(query.since)  # float8: no int params
+        until = None if query.until is None else float(query.until)
         sql = (
             "SELECT m.device, m.seq, m.time, s.received, s.gateway, m.metric, m.unit,"
             " m.value_int, m.value_real, m.value_text, m.value_bool"
             " FROM measurements AS m JOIN samples AS s ON s.device = m.device AND s.seq = m.seq"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + f" ORDER BY m.device, m.seq, m.metric LIMIT {arg(query.limit)}"
+            + p.where(
+                ("m.device =", query.device),
+                ("m.metric =", query.metric),
+                ("m.time >=", since),
+                ("m.time <", until),
+                ("(m.device, m.seq, m.metric) >", query.after),
+            )
+            + f" ORDER BY m.device, m.seq, m.metric LIMIT {p(query.limit)}"
         )
 
         async def run(conn: Any) -> list[ReadingRow]:
@@ -346,7 +333,7 @@ class PostgresStorage(Storage):
                     unit,
                     _value(vi, vr, vt, vb),
                 )
-                for d, q, t, rc, gw, metric, unit, vi, vr, vt, vb in await conn.fetch(sql, *args)
+                for d, q, t, rc, gw, metric, unit, vi, vr, vt, vb in await conn.fetch(sql, *p.args)
             ]
 
         return await self._run(run)
@@ -505,15 +492,7 @@ class _Prepared:
                 prev = latest.get((device, name))
                 if prev is None or seq > prev[1]:
                     latest[(device, name)] = row
-            seen_at = r.received if r.received is not None else r.time
-            stats = devices.get(device)
-            if stats is None:
-                devices[device] = [seen_at, seen_at, seq, 1]
-            else:
-                stats[0] = min(stats[0], seen_at)
-                stats[1] = max(stats[1], seen_at)
-                stats[2] = max(stats[2], seq)
-                stats[3] += 1
+            rows.tally(devices, device, seq, r.received if r.received is not None else r.time)
         # latest's columns are (device, metric, seq, ...): measurements' with 2 and 3 swapped
         l_rows = [(d, n, q, *rest) for d, q, n, *rest in latest.values()]
         l_cols = tuple(list(col) for col in zip(*l_rows, strict=True)) or tuple(

@@ -1,24 +1,24 @@
 """The control plane on PostgreSQL: registry, commands, audit log, aggregation, delivery.
 
 The same rules as `sqlite_control.py` (which is the reference: same queries, same answers),
-over an asyncpg connection. Changes run inside a transaction that `PostgresStorage` opens
-after taking `CONTROL_LOCK` (a transaction-level advisory lock): control-plane changes of
-all instances on one database happen one at a time, so the audit chain's next `seq`, a
-free LoRa `short_id` and a command's state are read and written without a race. They are
-rare (people and gateways acting, not sensors), so serialising them costs nothing.
+over an asyncpg connection; what surrounds the SQL (columns, row mappers, filters, derived
+records) is shared with it through `rows`. Changes run inside a transaction that
+`PostgresStorage` opens after taking `CONTROL_LOCK` (a transaction-level advisory lock):
+control-plane changes of all instances on one database happen one at a time, so the audit
+chain's next `seq`, a free LoRa `short_id` and a command's state are read and written
+without a race. They are rare (people and gateways acting, not sensors), so serialising
+them costs nothing.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from .. import audit
-from ..errors import NotFound, ShortIdsExhausted
+from . import rows
 from .records import (
-    MAX_SHORT_ID,
     AggregateQuery,
     AggregateRow,
     AuditEntry,
@@ -31,12 +31,6 @@ from .records import (
 )
 
 CONTROL_LOCK = 0x6D61636869 + 1  # next to the migrations' key
-
-_REG_COLUMNS = (
-    "device, type, gateway, site, lat, lon, transport, interval_s, personal, short_id, key,"
-    " revoked, created, updated"
-)
-_CMD_COLUMNS = "id, device, gateway, name, args, created, expires, state, updated, detail, actor"
 
 Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
 
@@ -64,80 +58,32 @@ async def append_audit(
         details=details,
     )
     await conn.execute(
-        "INSERT INTO audit (seq, time, actor, action, subject, details, prev_hash, hash)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        e.seq,
-        e.time,
-        e.actor,
-        e.action,
-        e.subject,
-        audit.canonical(e.details).decode(),
-        e.prev_hash,
-        e.hash,
+        f"INSERT INTO audit ({rows.AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        *rows.audit_values(e),
     )
     return e
 
 
 async def audit_log(conn: Conn, after: int, limit: int) -> list[AuditEntry]:
-    rows = await conn.fetch(
-        "SELECT seq, time, actor, action, subject, details, prev_hash, hash FROM audit"
-        " WHERE seq > $1 ORDER BY seq LIMIT $2",
+    found = await conn.fetch(
+        f"SELECT {rows.AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
         after,
         limit,
     )
-    return [
-        AuditEntry(seq, t, actor, action, subject, json.loads(details), prev, digest)
-        for seq, t, actor, action, subject, details, prev, digest in rows
-    ]
+    return [rows.audit_entry(r) for r in found]
 
 
 # -- registry ---------------------------------------------------------------------------------
 
 
-def _device(row: Any) -> RegisteredDevice:
-    (device, type_, gw, site, lat, lon, transport, interval_s, personal, short_id, key,
-     revoked, created, updated) = row  # fmt: skip
-    return RegisteredDevice(
-        device=device,
-        type=type_,
-        gateway=gw,
-        site=site,
-        lat=lat,
-        lon=lon,
-        transport=transport,
-        interval_s=interval_s,
-        personal=personal,
-        short_id=short_id,
-        key=None if key is None else bytes(key),
-        revoked=revoked,
-        created=created,
-        updated=updated,
-    )
-
-
 async def registry(conn: Conn, gateway: str | None, device: str | None) -> list[RegisteredDevice]:
-    where: list[str] = []
-    args: list[Any] = []
-    for column, value in (("gateway", gateway), ("device", device)):
-        if value is not None:
-            args.append(value)
-            where.append(f"{column} = ${len(args)}")
-    sql = f"SELECT {_REG_COLUMNS} FROM registry" + (
-        " WHERE " + " AND ".join(where) if where else ""
+    p = rows.Params(numbered=True)
+    sql = (
+        f"SELECT {rows.REG_COLUMNS} FROM registry"
+        + p.where(("gateway =", gateway), ("device =", device))
+        + " ORDER BY device"
     )
-    return [_device(r) for r in await conn.fetch(sql + " ORDER BY device", *args)]
-
-
-async def _free_short_id(conn: Conn, gateway: str) -> int:
-    rows = await conn.fetch("SELECT short_id FROM registry WHERE gateway = $1", gateway)
-    used = {r[0] for r in rows}
-    for candidate in range(1, MAX_SHORT_ID + 1):
-        if candidate not in used:
-            return candidate
-    raise ShortIdsExhausted(
-        f"gateway {gateway!r} already has {MAX_SHORT_ID} devices (LoRa short ids are 16-bit): "
-        "put new devices on another gateway"
-    )
+    return [rows.registered_device(r) for r in await conn.fetch(sql, *p.args)]
 
 
 async def put_device(
@@ -148,20 +94,14 @@ async def put_device(
     if old is not None and old.gateway == reg.gateway:
         short_id = old.short_id
     else:
-        short_id = await _free_short_id(conn, reg.gateway)
-    new = RegisteredDevice(
-        **{**reg.fields(), "device": reg.device},
-        short_id=short_id,
-        key=old.key if old else None,
-        revoked=old.revoked if old else False,
-        created=old.created if old else now,
-        updated=now,
-    )
+        used = await conn.fetch("SELECT short_id FROM registry WHERE gateway = $1", reg.gateway)
+        short_id = rows.free_short_id((r[0] for r in used), reg.gateway)
+    new = rows.declared(reg, old, short_id, now)
     action, details = audit.device_change(old, new)
     if old is not None and not details["changed"]:
         return old, False
     await conn.execute(
-        f"INSERT INTO registry ({_REG_COLUMNS})"
+        f"INSERT INTO registry ({rows.REG_COLUMNS})"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         " ON CONFLICT (device) DO UPDATE SET type = excluded.type,"
         " gateway = excluded.gateway, site = excluded.site, lat = excluded.lat,"
@@ -169,20 +109,7 @@ async def put_device(
         " interval_s = excluded.interval_s, personal = excluded.personal,"
         " short_id = excluded.short_id, key = excluded.key, revoked = excluded.revoked,"
         " created = excluded.created, updated = excluded.updated",
-        new.device,
-        new.type,
-        new.gateway,
-        new.site,
-        new.lat,
-        new.lon,
-        new.transport,
-        new.interval_s,
-        new.personal,
-        new.short_id,
-        new.key,
-        new.revoked,
-        new.created,
-        new.updated,
+        *rows.device_values(new),
     )
     await append_audit(
         conn, now=now, actor=actor, action=action, subject=new.device, details=details
@@ -193,12 +120,7 @@ async def put_device(
 async def set_device_key(
     conn: Conn, device: str, key: bytes | None, actor: str, now: float
 ) -> RegisteredDevice:
-    found = await registry(conn, None, device)
-    if not found:
-        raise NotFound(
-            f"device {device!r} is not registered: register it first with PUT /v1/devices/{device}"
-        )
-    old = found[0]
+    old = rows.the_device(await registry(conn, None, device), device)
     new = replace(old, key=key, revoked=key is None, updated=now)
     await conn.execute(
         "UPDATE registry SET key = $1, revoked = $2, updated = $3 WHERE device = $4",
@@ -215,38 +137,11 @@ async def set_device_key(
 # -- commands ---------------------------------------------------------------------------------
 
 
-def _command(row: Any) -> Command:
-    cid, device, gw, name, args, created, expires, state, updated, detail, actor = row
-    return Command(
-        id=cid,
-        device=device,
-        gateway=gw,
-        name=name,
-        args=json.loads(args),
-        created=created,
-        expires=expires,
-        state=state,
-        updated=updated,
-        detail=detail,
-        actor=actor,
-    )
-
-
 async def add_command(conn: Conn, cmd: Command, actor: str) -> Command:
     await conn.execute(
-        f"INSERT INTO commands ({_CMD_COLUMNS})"
+        f"INSERT INTO commands ({rows.CMD_COLUMNS})"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        cmd.id,
-        cmd.device,
-        cmd.gateway,
-        cmd.name,
-        audit.canonical(dict(cmd.args)).decode(),
-        cmd.created,
-        cmd.expires,
-        cmd.state,
-        cmd.updated,
-        cmd.detail,
-        actor,
+        *rows.command_values(cmd, actor),
     )
     action, details = audit.command_created(cmd)
     await append_audit(
@@ -256,33 +151,24 @@ async def add_command(conn: Conn, cmd: Command, actor: str) -> Command:
 
 
 async def commands(conn: Conn, q: CommandQuery) -> list[Command]:
-    where: list[str] = []
-    args: list[Any] = []
-    for column, value in (("id", q.id), ("device", q.device), ("gateway", q.gateway)):
-        if value is not None:
-            args.append(value)
-            where.append(f"{column} = ${len(args)}")
-    order = "created DESC, id"
-    if q.pending_at is not None:
-        args.append(q.pending_at)
-        where += ["state = 'queued'", f"expires > ${len(args)}"]
-        order = "created, id"
-    args.append(q.limit)
-    sql = (
-        f"SELECT {_CMD_COLUMNS} FROM commands"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY {order} LIMIT ${len(args)}"
+    p = rows.Params(numbered=True)
+    pending = q.pending_at is not None
+    where = p.where(
+        ("id =", q.id),
+        ("device =", q.device),
+        ("gateway =", q.gateway),
+        ("state =", "queued" if pending else None),
+        ("expires >", q.pending_at),
     )
-    return [_command(r) for r in await conn.fetch(sql, *args)]
+    order = "created, id" if pending else "created DESC, id"
+    sql = f"SELECT {rows.CMD_COLUMNS} FROM commands{where} ORDER BY {order} LIMIT {p(q.limit)}"
+    return [rows.command(r) for r in await conn.fetch(sql, *p.args)]
 
 
 async def advance_command(
     conn: Conn, cmd_id: str, state: str, detail: str, actor: str, now: float
 ) -> tuple[Command, bool]:
-    found = await commands(conn, CommandQuery(id=cmd_id, limit=1))
-    if not found:
-        raise NotFound(f"there is no command {cmd_id!r}: use an id returned by the cloud")
-    old = found[0]
+    old = rows.the_command(await commands(conn, CommandQuery(id=cmd_id, limit=1)), cmd_id)
     if not moves_forward(old.state, state):
         return old, False
     new = replace(old, state=state, detail=detail, updated=now)
@@ -299,14 +185,14 @@ async def advance_command(
 
 
 async def expire_commands(conn: Conn, now: float) -> int:
-    rows = await conn.fetch(
-        f"SELECT {_CMD_COLUMNS} FROM commands WHERE state = 'queued' AND expires <= $1"
+    due = await conn.fetch(
+        f"SELECT {rows.CMD_COLUMNS} FROM commands WHERE state = 'queued' AND expires <= $1"
         " ORDER BY created, id",
         now,
     )
-    for row in rows:
-        old = _command(row)
-        new = replace(old, state="expired", detail="not fetched before it expired", updated=now)
+    for row in due:
+        old = rows.command(row)
+        new = rows.expired(old, now)
         await conn.execute(
             "UPDATE commands SET state = $1, detail = $2, updated = $3 WHERE id = $4",
             new.state,
@@ -318,7 +204,7 @@ async def expire_commands(conn: Conn, now: float) -> int:
         await append_audit(
             conn, now=now, actor=audit.SYSTEM_EXPIRY, action=action, subject=old.id, details=details
         )
-    return len(rows)
+    return len(due)
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -332,23 +218,25 @@ def _pick(a: int | None, b: float | None, lowest: bool) -> float:
 
 async def aggregate(conn: Conn, q: AggregateQuery) -> list[AggregateRow]:
     # integers and floats live in two columns; both count, text and booleans do not
-    args: list[Any] = [q.bucket_s, q.metric]
-    where = ["metric = $2", "(value_int IS NOT NULL OR value_real IS NOT NULL)"]
-    for op, value in (("device =", q.device), ("time >=", q.since), ("time <", q.until)):
-        if value is not None:
-            args.append(value)
-            where.append(f"{op} ${len(args)}")
-    args.append(q.limit)
+    p = rows.Params(numbered=True)
+    bucket = p(q.bucket_s)
     sql = (
-        "SELECT device, floor(time / $1)::bigint * $1 AS start, count(*),"
+        f"SELECT device, floor(time / {bucket})::bigint * {bucket} AS start, count(*),"
         " avg(coalesce(value_real, value_int::float8)),"
         " min(value_int), min(value_real), max(value_int), max(value_real)"
-        " FROM measurements WHERE " + " AND ".join(where) + " GROUP BY device, start"
-        f" ORDER BY device, start LIMIT ${len(args)}"
+        " FROM measurements"
+        + p.where(
+            ("metric =", q.metric),
+            "(value_int IS NOT NULL OR value_real IS NOT NULL)",
+            ("device =", q.device),
+            ("time >=", q.since),
+            ("time <", q.until),
+        )
+        + f" GROUP BY device, start ORDER BY device, start LIMIT {p(q.limit)}"
     )
     return [
         AggregateRow(d, int(start), n, float(mean), _pick(ni, nr, True), _pick(xi, xr, False))
-        for d, start, n, mean, ni, nr, xi, xr in await conn.fetch(sql, *args)
+        for d, start, n, mean, ni, nr, xi, xr in await conn.fetch(sql, *p.args)
     ]
 
 
@@ -363,12 +251,4 @@ async def delivery(conn: Conn, device: str, max_gaps: int) -> DeliveryReport:
         device,
         max_gaps,
     )
-    missing = 0 if n == 0 else (last - first + 1) - n
-    return DeliveryReport(
-        device=device,
-        readings=n,
-        first_seq=first,
-        last_seq=last,
-        missing=missing,
-        gaps=tuple((a, b) for a, b in gaps),
-    )
+    return rows.delivery_report(device, n, first, last, gaps)

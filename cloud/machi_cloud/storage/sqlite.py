@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 import cbor2
 
 from ..batch import Reading, Rejection, Value
-from ..errors import BatchConflict, StorageUnavailable
+from ..errors import StorageUnavailable
+from . import rows
 from . import sqlite_control as control
 from .base import (
     BatchResult,
@@ -287,12 +288,7 @@ class SQLiteStorage(Storage):
         ).fetchone()
         if row is not None:
             conn.rollback()
-            if bytes(row[0]) != body_hash:
-                raise BatchConflict(
-                    f"batch_id {batch_id!r} of gateway {gateway!r} was already used for a "
-                    "different body; give every new batch a new batch_id"
-                )
-            return BatchResult.from_answer(cbor2.loads(row[1]), replayed=True)
+            return rows.replayed(gateway, batch_id, body_hash, row[0], row[1])
 
         existing = self._existing(conn, readings)
         now = time.time()
@@ -330,15 +326,7 @@ class SQLiteStorage(Storage):
                         text,
                         flag,
                     )
-            seen_at = r.received if r.received is not None else r.time
-            stats = devices.get(device)
-            if stats is None:
-                devices[device] = [seen_at, seen_at, seq, 1]
-            else:
-                stats[0] = min(stats[0], seen_at)
-                stats[1] = max(stats[1], seen_at)
-                stats[2] = max(stats[2], seq)
-                stats[3] += 1
+            rows.tally(devices, device, seq, r.received if r.received is not None else r.time)
 
         conn.executemany(_INSERT_SAMPLE, samples)
         conn.executemany(_INSERT_MEASUREMENT, measurements)
@@ -381,36 +369,25 @@ class SQLiteStorage(Storage):
     # -- queries -----------------------------------------------------------------------
 
     async def readings(self, query: ReadingQuery) -> list[ReadingRow]:
-        where: list[str] = []
-        args: list[Any] = []
-        if query.device is not None:
-            where.append("m.device = ?")
-            args.append(query.device)
-        if query.metric is not None:
-            where.append("m.metric = ?")
-            args.append(query.metric)
-        if query.since is not None:
-            where.append("s.time >= ?")
-            args.append(query.since)
-        if query.until is not None:
-            where.append("s.time < ?")
-            args.append(query.until)
-        if query.after is not None:
-            where.append("(m.device, m.seq, m.metric) > (?, ?, ?)")
-            args.extend(query.after)
+        p = rows.Params(numbered=False)
         sql = (
             "SELECT m.device, m.seq, s.time, s.received, s.gateway, m.metric, m.unit,"
             " m.value_num, m.value_text, m.value_bool"
             " FROM measurements AS m JOIN samples AS s ON s.device = m.device AND s.seq = m.seq"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY m.device, m.seq, m.metric LIMIT ?"
+            + p.where(
+                ("m.device =", query.device),
+                ("m.metric =", query.metric),
+                ("s.time >=", query.since),
+                ("s.time <", query.until),
+                ("(m.device, m.seq, m.metric) >", query.after),
+            )
+            + f" ORDER BY m.device, m.seq, m.metric LIMIT {p(query.limit)}"
         )
-        args.append(query.limit)
 
         def run(conn: sqlite3.Connection) -> list[ReadingRow]:
             return [
                 ReadingRow(d, q, t, rc, gw, metric, unit, _value(num, text, flag))
-                for d, q, t, rc, gw, metric, unit, num, text, flag in conn.execute(sql, args)
+                for d, q, t, rc, gw, metric, unit, num, text, flag in conn.execute(sql, p.args)
             ]
 
         return await self._read(run)

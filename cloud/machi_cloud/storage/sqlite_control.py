@@ -3,7 +3,8 @@
 Plain functions over a `sqlite3.Connection`, called by `SQLiteStorage` on its writer thread
 (changes, inside `BEGIN IMMEDIATE`, so the audit entry commits with the change it records)
 or on a reader thread (queries). Rules shared with other backends (states, hashing, what
-the audit details hold) come from `records` and `machi_cloud.audit`.
+the audit details hold) come from `records` and `machi_cloud.audit`; what surrounds the SQL
+(columns, row mappers, filters, derived records) from `rows`. Only the SQL is here.
 
 The audit table refuses UPDATE and DELETE through triggers: the log is append-only for the
 application. Someone with the file can drop the triggers; the hash chain is what shows it.
@@ -11,16 +12,14 @@ application. Someone with the file can drop the triggers; the hash chain is what
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from .. import audit
-from ..errors import NotFound, ShortIdsExhausted
+from . import rows
 from .records import (
-    MAX_SHORT_ID,
     AggregateQuery,
     AggregateRow,
     AuditEntry,
@@ -81,12 +80,6 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
-_REG_COLUMNS = (
-    "device, type, gateway, site, lat, lon, transport, interval_s, personal, short_id, key,"
-    " revoked, created, updated"
-)
-_CMD_COLUMNS = "id, device, gateway, name, args, created, expires, state, updated, detail, actor"
-
 
 # -- audit -----------------------------------------------------------------------------------
 
@@ -111,86 +104,33 @@ def append_audit(
         details=details,
     )
     conn.execute(
-        "INSERT INTO audit (seq, time, actor, action, subject, details, prev_hash, hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            e.seq,
-            e.time,
-            e.actor,
-            e.action,
-            e.subject,
-            audit.canonical(e.details).decode(),
-            e.prev_hash,
-            e.hash,
-        ),
+        f"INSERT INTO audit ({rows.AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows.audit_values(e),
     )
     return e
 
 
 def audit_log(conn: sqlite3.Connection, after: int, limit: int) -> list[AuditEntry]:
-    rows = conn.execute(
-        "SELECT seq, time, actor, action, subject, details, prev_hash, hash FROM audit"
-        " WHERE seq > ? ORDER BY seq LIMIT ?",
+    found = conn.execute(
+        f"SELECT {rows.AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
         (after, limit),
     )
-    return [
-        AuditEntry(seq, t, actor, action, subject, json.loads(details), prev, digest)
-        for seq, t, actor, action, subject, details, prev, digest in rows
-    ]
+    return [rows.audit_entry(r) for r in found]
 
 
 # -- registry ---------------------------------------------------------------------------------
 
 
-def _device(row: tuple[Any, ...]) -> RegisteredDevice:
-    (device, type_, gw, site, lat, lon, transport, interval_s, personal, short_id, key,
-     revoked, created, updated) = row  # fmt: skip
-    return RegisteredDevice(
-        device=device,
-        type=type_,
-        gateway=gw,
-        site=site,
-        lat=lat,
-        lon=lon,
-        transport=transport,
-        interval_s=interval_s,
-        personal=bool(personal),
-        short_id=short_id,
-        key=None if key is None else bytes(key),
-        revoked=bool(revoked),
-        created=created,
-        updated=updated,
-    )
-
-
 def registry(
     conn: sqlite3.Connection, gateway: str | None, device: str | None
 ) -> list[RegisteredDevice]:
-    where, args = [], []
-    if gateway is not None:
-        where.append("gateway = ?")
-        args.append(gateway)
-    if device is not None:
-        where.append("device = ?")
-        args.append(device)
-    sql = f"SELECT {_REG_COLUMNS} FROM registry" + (
-        " WHERE " + " AND ".join(where) if where else ""
+    p = rows.Params(numbered=False)
+    sql = (
+        f"SELECT {rows.REG_COLUMNS} FROM registry"
+        + p.where(("gateway =", gateway), ("device =", device))
+        + " ORDER BY device"
     )
-    return [_device(r) for r in conn.execute(sql + " ORDER BY device", args)]
-
-
-def _free_short_id(conn: sqlite3.Connection, gateway: str) -> int:
-    used = {
-        sid
-        for (sid,) in conn.execute("SELECT short_id FROM registry WHERE gateway = ?", (gateway,))
-    }
-    for candidate in range(1, MAX_SHORT_ID + 1):
-        if candidate not in used:
-            return candidate
-    raise ShortIdsExhausted(
-        f"gateway {gateway!r} already has {MAX_SHORT_ID} devices (LoRa short ids are 16-bit): "
-        "put new devices on another gateway"
-    )
+    return [rows.registered_device(r) for r in conn.execute(sql, p.args)]
 
 
 def put_device(
@@ -201,37 +141,16 @@ def put_device(
     if old is not None and old.gateway == reg.gateway:
         short_id = old.short_id
     else:
-        short_id = _free_short_id(conn, reg.gateway)
-    new = RegisteredDevice(
-        **{**reg.fields(), "device": reg.device},
-        short_id=short_id,
-        key=old.key if old else None,
-        revoked=old.revoked if old else False,
-        created=old.created if old else now,
-        updated=now,
-    )
+        used = conn.execute("SELECT short_id FROM registry WHERE gateway = ?", (reg.gateway,))
+        short_id = rows.free_short_id((sid for (sid,) in used), reg.gateway)
+    new = rows.declared(reg, old, short_id, now)
     action, details = audit.device_change(old, new)
     if old is not None and not details["changed"]:
         return old, False
     conn.execute(
-        f"INSERT OR REPLACE INTO registry ({_REG_COLUMNS})"
+        f"INSERT OR REPLACE INTO registry ({rows.REG_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            new.device,
-            new.type,
-            new.gateway,
-            new.site,
-            new.lat,
-            new.lon,
-            new.transport,
-            new.interval_s,
-            int(new.personal),
-            new.short_id,
-            new.key,
-            int(new.revoked),
-            new.created,
-            new.updated,
-        ),
+        rows.device_values(new),
     )
     append_audit(conn, now=now, actor=actor, action=action, subject=new.device, details=details)
     return new, old is None
@@ -240,12 +159,7 @@ def put_device(
 def set_device_key(
     conn: sqlite3.Connection, device: str, key: bytes | None, actor: str, now: float
 ) -> RegisteredDevice:
-    found = registry(conn, None, device)
-    if not found:
-        raise NotFound(
-            f"device {device!r} is not registered: register it first with PUT /v1/devices/{device}"
-        )
-    old = found[0]
+    old = rows.the_device(registry(conn, None, device), device)
     new = replace(old, key=key, revoked=key is None, updated=now)
     conn.execute(
         "UPDATE registry SET key = ?, revoked = ?, updated = ? WHERE device = ?",
@@ -259,39 +173,10 @@ def set_device_key(
 # -- commands ---------------------------------------------------------------------------------
 
 
-def _command(row: tuple[Any, ...]) -> Command:
-    cid, device, gw, name, args, created, expires, state, updated, detail, actor = row
-    return Command(
-        id=cid,
-        device=device,
-        gateway=gw,
-        name=name,
-        args=json.loads(args),
-        created=created,
-        expires=expires,
-        state=state,
-        updated=updated,
-        detail=detail,
-        actor=actor,
-    )
-
-
 def add_command(conn: sqlite3.Connection, cmd: Command, actor: str) -> Command:
     conn.execute(
-        f"INSERT INTO commands ({_CMD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            cmd.id,
-            cmd.device,
-            cmd.gateway,
-            cmd.name,
-            audit.canonical(dict(cmd.args)).decode(),
-            cmd.created,
-            cmd.expires,
-            cmd.state,
-            cmd.updated,
-            cmd.detail,
-            actor,
-        ),
+        f"INSERT INTO commands ({rows.CMD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows.command_values(cmd, actor),
     )
     action, details = audit.command_created(cmd)
     append_audit(conn, now=cmd.created, actor=actor, action=action, subject=cmd.id, details=details)
@@ -299,32 +184,24 @@ def add_command(conn: sqlite3.Connection, cmd: Command, actor: str) -> Command:
 
 
 def commands(conn: sqlite3.Connection, q: CommandQuery) -> list[Command]:
-    where: list[str] = []
-    args: list[Any] = []
-    for column, value in (("id", q.id), ("device", q.device), ("gateway", q.gateway)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    order = "created DESC, id"
-    if q.pending_at is not None:
-        where += ["state = 'queued'", "expires > ?"]
-        args.append(q.pending_at)
-        order = "created, id"
-    sql = (
-        f"SELECT {_CMD_COLUMNS} FROM commands"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY {order} LIMIT ?"
+    p = rows.Params(numbered=False)
+    pending = q.pending_at is not None
+    where = p.where(
+        ("id =", q.id),
+        ("device =", q.device),
+        ("gateway =", q.gateway),
+        ("state =", "queued" if pending else None),
+        ("expires >", q.pending_at),
     )
-    return [_command(r) for r in conn.execute(sql, (*args, q.limit))]
+    order = "created, id" if pending else "created DESC, id"
+    sql = f"SELECT {rows.CMD_COLUMNS} FROM commands{where} ORDER BY {order} LIMIT {p(q.limit)}"
+    return [rows.command(r) for r in conn.execute(sql, p.args)]
 
 
 def advance_command(
     conn: sqlite3.Connection, cmd_id: str, state: str, detail: str, actor: str, now: float
 ) -> tuple[Command, bool]:
-    found = commands(conn, CommandQuery(id=cmd_id, limit=1))
-    if not found:
-        raise NotFound(f"there is no command {cmd_id!r}: use an id returned by the cloud")
-    old = found[0]
+    old = rows.the_command(commands(conn, CommandQuery(id=cmd_id, limit=1)), cmd_id)
     if not moves_forward(old.state, state):
         return old, False
     new = replace(old, state=state, detail=detail, updated=now)
@@ -338,14 +215,14 @@ def advance_command(
 
 
 def expire_commands(conn: sqlite3.Connection, now: float) -> int:
-    rows = conn.execute(
-        f"SELECT {_CMD_COLUMNS} FROM commands WHERE state = 'queued' AND expires <= ?"
+    due = conn.execute(
+        f"SELECT {rows.CMD_COLUMNS} FROM commands WHERE state = 'queued' AND expires <= ?"
         " ORDER BY created, id",
         (now,),
     ).fetchall()
-    for row in rows:
-        old = _command(row)
-        new = replace(old, state="expired", detail="not fetched before it expired", updated=now)
+    for row in due:
+        old = rows.command(row)
+        new = rows.expired(old, now)
         conn.execute(
             "UPDATE commands SET state = ?, detail = ?, updated = ? WHERE id = ?",
             (new.state, new.detail, now, old.id),
@@ -354,34 +231,30 @@ def expire_commands(conn: sqlite3.Connection, now: float) -> int:
         append_audit(
             conn, now=now, actor=audit.SYSTEM_EXPIRY, action=action, subject=old.id, details=details
         )
-    return len(rows)
+    return len(due)
 
 
 # -- reports ----------------------------------------------------------------------------------
 
 
 def aggregate(conn: sqlite3.Connection, q: AggregateQuery) -> list[AggregateRow]:
-    where = ["m.metric = ?", "m.value_num IS NOT NULL"]
-    args: list[Any] = [q.bucket_s, q.bucket_s, q.metric]
-    if q.device is not None:
-        where.append("m.device = ?")
-        args.append(q.device)
-    if q.since is not None:
-        where.append("s.time >= ?")
-        args.append(q.since)
-    if q.until is not None:
-        where.append("s.time < ?")
-        args.append(q.until)
+    p = rows.Params(numbered=False)
     sql = (
-        "SELECT m.device, CAST(s.time / ? AS INTEGER) * ? AS start, count(*),"
-        " avg(m.value_num), min(m.value_num), max(m.value_num)"
+        f"SELECT m.device, CAST(s.time / {p(q.bucket_s)} AS INTEGER) * {p(q.bucket_s)} AS start,"
+        " count(*), avg(m.value_num), min(m.value_num), max(m.value_num)"
         " FROM measurements AS m JOIN samples AS s ON s.device = m.device AND s.seq = m.seq"
-        " WHERE " + " AND ".join(where) + " GROUP BY m.device, start"
-        " ORDER BY m.device, start LIMIT ?"
+        + p.where(
+            ("m.metric =", q.metric),
+            "m.value_num IS NOT NULL",
+            ("m.device =", q.device),
+            ("s.time >=", q.since),
+            ("s.time <", q.until),
+        )
+        + f" GROUP BY m.device, start ORDER BY m.device, start LIMIT {p(q.limit)}"
     )
     return [
         AggregateRow(d, int(start), n, float(mean), mn, mx)
-        for d, start, n, mean, mn, mx in conn.execute(sql, (*args, q.limit))
+        for d, start, n, mean, mn, mx in conn.execute(sql, p.args)
     ]
 
 
@@ -395,12 +268,4 @@ def delivery(conn: sqlite3.Connection, device: str, max_gaps: int) -> DeliveryRe
         " ORDER BY seq LIMIT ?",
         (device, max_gaps),
     ).fetchall()
-    missing = 0 if n == 0 else (last - first + 1) - n
-    return DeliveryReport(
-        device=device,
-        readings=n,
-        first_seq=first,
-        last_seq=last,
-        missing=missing,
-        gaps=tuple((a, b) for a, b in gaps),
-    )
+    return rows.delivery_report(device, n, first, last, gaps)

@@ -1,0 +1,236 @@
+"""What every backend does the same between its SQL and the records: rows in, rows out.
+
+The SQL (and its dialect) stays in each backend; what lies around it does not depend on
+the database and lives here once, so SQLite and PostgreSQL cannot drift apart: column
+lists, row -> record mappers, record -> row values, filters, the derived records (a
+registration's allocation, an expired command, a delivery report) and the errors they
+raise. Rows are any sequence (a `sqlite3` tuple or an `asyncpg.Record`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import cbor2
+
+from .. import audit
+from ..errors import BatchConflict, NotFound, ShortIdsExhausted
+from .base import BatchResult
+from .records import (
+    MAX_SHORT_ID,
+    AuditEntry,
+    Command,
+    DeliveryReport,
+    DeviceRegistration,
+    RegisteredDevice,
+)
+
+REG_COLUMNS = (
+    "device, type, gateway, site, lat, lon, transport, interval_s, personal, short_id, key,"
+    " revoked, created, updated"
+)
+CMD_COLUMNS = "id, device, gateway, name, args, created, expires, state, updated, detail, actor"
+AUDIT_COLUMNS = "seq, time, actor, action, subject, details, prev_hash, hash"
+
+
+class Params:
+    """The arguments of one SQL statement, collected in the order the text is built.
+
+    `numbered` selects the placeholder style: `$1, $2, ...` (asyncpg) or `?` (sqlite3);
+    with `?` the arguments must be added in the order their placeholders appear.
+    """
+
+    def __init__(self, *, numbered: bool) -> None:
+        self.numbered = numbered
+        self.args: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        """Add `value` and return its placeholder; a tuple becomes `(p1, p2, ...)`."""
+        if isinstance(value, tuple):
+            return "(" + ", ".join(self(v) for v in value) + ")"
+        self.args.append(value)
+        return f"${len(self.args)}" if self.numbered else "?"
+
+    def where(self, *conditions: str | tuple[str, Any]) -> str:
+        """`" WHERE c1 AND c2 ..."` (or "" when none is left). A string is kept as is; a
+        `(left, value)` pair, e.g. `("device =", device)`, becomes `left <placeholder>`
+        only when `value` is not None (an absent filter)."""
+        kept: list[str] = []
+        for c in conditions:
+            if isinstance(c, str):
+                kept.append(c)
+            elif c[1] is not None:
+                kept.append(f"{c[0]} {self(c[1])}")
+        return " WHERE " + " AND ".join(kept) if kept else ""
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+def replayed(
+    gateway: str, batch_id: str, body_hash: bytes, recorded_hash: bytes, answer: bytes
+) -> BatchResult:
+    """The recorded answer of a batch seen before; `BatchConflict` for another body."""
+    if bytes(recorded_hash) != body_hash:
+        raise BatchConflict(
+            f"batch_id {batch_id!r} of gateway {gateway!r} was already used for a "
+            "different body; give every new batch a new batch_id"
+        )
+    return BatchResult.from_answer(cbor2.loads(answer), replayed=True)
+
+
+def tally(devices: dict[str, list[Any]], device: str, seq: int, seen_at: int | float) -> None:
+    """Count one new reading into `devices`: device -> [first_seen, last_seen, last_seq, n]."""
+    stats = devices.get(device)
+    if stats is None:
+        devices[device] = [seen_at, seen_at, seq, 1]
+    else:
+        stats[0] = min(stats[0], seen_at)
+        stats[1] = max(stats[1], seen_at)
+        stats[2] = max(stats[2], seq)
+        stats[3] += 1
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+def audit_values(e: AuditEntry) -> tuple[Any, ...]:
+    """An entry as the values of `AUDIT_COLUMNS` (details as canonical JSON text)."""
+    details = audit.canonical(e.details).decode()
+    return (e.seq, e.time, e.actor, e.action, e.subject, details, e.prev_hash, e.hash)
+
+
+def audit_entry(row: Sequence[Any]) -> AuditEntry:
+    """A row of `AUDIT_COLUMNS` as an entry."""
+    seq, t, actor, action, subject, details, prev, digest = row
+    return AuditEntry(seq, t, actor, action, subject, json.loads(details), prev, digest)
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+
+def registered_device(row: Sequence[Any]) -> RegisteredDevice:
+    """A row of `REG_COLUMNS` as a device (SQLite's 0/1 flags become booleans)."""
+    (device, type_, gw, site, lat, lon, transport, interval_s, personal, short_id, key,
+     revoked, created, updated) = row  # fmt: skip
+    return RegisteredDevice(
+        device=device,
+        type=type_,
+        gateway=gw,
+        site=site,
+        lat=lat,
+        lon=lon,
+        transport=transport,
+        interval_s=interval_s,
+        personal=bool(personal),
+        short_id=short_id,
+        key=None if key is None else bytes(key),
+        revoked=bool(revoked),
+        created=created,
+        updated=updated,
+    )
+
+
+def device_values(d: RegisteredDevice) -> tuple[Any, ...]:
+    """A device as the values of `REG_COLUMNS`."""
+    return (
+        d.device, d.type, d.gateway, d.site, d.lat, d.lon, d.transport, d.interval_s,
+        d.personal, d.short_id, d.key, d.revoked, d.created, d.updated,
+    )  # fmt: skip
+
+
+def free_short_id(used: Iterable[int], gateway: str) -> int:
+    """The lowest short id of `gateway` not in `used`; `ShortIdsExhausted` if none is left."""
+    taken = set(used)
+    for candidate in range(1, MAX_SHORT_ID + 1):
+        if candidate not in taken:
+            return candidate
+    raise ShortIdsExhausted(
+        f"gateway {gateway!r} already has {MAX_SHORT_ID} devices (LoRa short ids are 16-bit): "
+        "put new devices on another gateway"
+    )
+
+
+def declared(
+    reg: DeviceRegistration, old: RegisteredDevice | None, short_id: int, now: float
+) -> RegisteredDevice:
+    """`reg` registered: its key, `revoked` and creation time stay those of `old`."""
+    return RegisteredDevice(
+        **{**reg.fields(), "device": reg.device},
+        short_id=short_id,
+        key=old.key if old else None,
+        revoked=old.revoked if old else False,
+        created=old.created if old else now,
+        updated=now,
+    )
+
+
+def the_device(found: Sequence[RegisteredDevice], device: str) -> RegisteredDevice:
+    """The one device a registry lookup found; `NotFound` when it found none."""
+    if not found:
+        raise NotFound(
+            f"device {device!r} is not registered: register it first with PUT /v1/devices/{device}"
+        )
+    return found[0]
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def command(row: Sequence[Any]) -> Command:
+    """A row of `CMD_COLUMNS` as a command (args stored as JSON text)."""
+    cid, device, gw, name, args, created, expires, state, updated, detail, actor = row
+    return Command(
+        id=cid,
+        device=device,
+        gateway=gw,
+        name=name,
+        args=json.loads(args),
+        created=created,
+        expires=expires,
+        state=state,
+        updated=updated,
+        detail=detail,
+        actor=actor,
+    )
+
+
+def command_values(cmd: Command, actor: str) -> tuple[Any, ...]:
+    """A new command, created by `actor`, as the values of `CMD_COLUMNS`."""
+    return (
+        cmd.id, cmd.device, cmd.gateway, cmd.name, audit.canonical(dict(cmd.args)).decode(),
+        cmd.created, cmd.expires, cmd.state, cmd.updated, cmd.detail, actor,
+    )  # fmt: skip
+
+
+def the_command(found: Sequence[Command], cmd_id: str) -> Command:
+    """The one command a lookup by id found; `NotFound` when it found none."""
+    if not found:
+        raise NotFound(f"there is no command {cmd_id!r}: use an id returned by the cloud")
+    return found[0]
+
+
+def expired(old: Command, now: float) -> Command:
+    """`old` expired at `now` (it was still queued when its time ran out)."""
+    return replace(old, state="expired", detail="not fetched before it expired", updated=now)
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+
+def delivery_report(
+    device: str, n: int, first: int | None, last: int | None, gaps: Iterable[Sequence[int]]
+) -> DeliveryReport:
+    """The report from a device's count, seq range and (first, last) missing ranges."""
+    missing = 0 if n == 0 or first is None or last is None else (last - first + 1) - n
+    return DeliveryReport(
+        device=device,
+        readings=n,
+        first_seq=first,
+        last_seq=last,
+        missing=missing,
+        gaps=tuple((a, b) for a, b in gaps),
+    )
