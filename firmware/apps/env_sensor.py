@@ -3,7 +3,7 @@
 # config) a reading goes out only when a value moved at least its threshold since the last
 # report, or when heartbeat_s passed without one (so the cloud can tell "steady" from
 # "dead"). No thresholds: every sample is a reading.
-from quant import q
+from quant import q, with_err
 
 TYPE = "env"
 # name, unit, quantisation bits (steps of 2**-bits, float16-exact; 0 = integer)
@@ -65,11 +65,9 @@ class App:
         if not self._changed(values, t):
             self.skipped += 1
             return None
-        if failed:
-            out.append(("err", None, ",".join(failed)))
         self.last = values
         self.last_t = t
-        return out
+        return with_err(out, failed)
 
     def poll(self, t, ms):
         return False

@@ -4,7 +4,7 @@
 # than at the next interval: fire (temperature >= fire_c), full (fill crossing full_pct
 # upwards), tilt (knocked over or put back up), emptied (fill fell by empty_drop points).
 # Each alarm is latched with hysteresis so one event is one urgent reading.
-from quant import q
+from quant import q, with_err
 
 TYPE = "bin"
 _DEFAULTS = {"depth_cm": 120.0, "pings": 5, "full_pct": 80.0, "fire_c": 60.0, "check_s": 60.0,
@@ -120,9 +120,7 @@ class App:
         if self.events:
             out.append(("event", None, ",".join(self.events)))
             self.events = []
-        if failed:
-            out.append(("err", None, ",".join(failed)))
-        return out
+        return with_err(out, failed)
 
     def contact(self, ms):
         pass

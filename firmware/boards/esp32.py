@@ -26,6 +26,7 @@ import time
 import machine
 import sun
 from boards import bootstate
+from boards.bootcount import count_boot
 
 try:
     from micropython import const
@@ -39,7 +40,6 @@ _DEBUG = const(False)
 _EPOCH_2000 = const(946684800)  # the ESP32 port's time() counts from 2000-01-01
 _VALID_AFTER = const(631152000)  # 2020-01-01 in that epoch: an RTC below it is not set
 _MIN_SLEEP_MS = const(2000)  # shorter waits are not worth a reboot
-_BOOTS_FILE = "boots"
 _CACHE_MS = const(500)  # one driver read serves the names it returns for this long
 
 
@@ -79,7 +79,7 @@ class Board:
         self._rtc = machine.RTC()
         self.why = bootstate.reason(machine.reset_cause(), machine)
         prev = bootstate.decode(self._rtc.memory())
-        boots = prev.get("boots", 0) if prev and self.why != "power" else self._count_power_on()
+        boots = prev.get("boots", 0) if prev and self.why != "power" else count_boot(self.state_dir)
         self.st, self.safe_mode = bootstate.on_boot(prev, self.why, boots,
                                                     bc.get("safe_after", bootstate.SAFE_AFTER))
         self._save()
@@ -109,21 +109,6 @@ class Board:
                 self.record_error(e)
 
     # ---- state in RTC memory
-
-    def _count_power_on(self):
-        p = self.state_dir + "/" + _BOOTS_FILE
-        n = 0
-        try:
-            with open(p) as f:
-                n = int(f.read())
-        except (OSError, ValueError):
-            pass
-        try:
-            with open(p, "w") as f:
-                f.write(str(n + 1))
-        except OSError:
-            pass
-        return n + 1
 
     def _save(self):
         self._rtc.memory(bootstate.encode(self.st))

@@ -21,6 +21,7 @@ import random
 import sys
 import time
 
+from boards.bootcount import count_boot
 from boards.scenario import Scenario
 
 _RATED_W = 60.0  # the virtual lamp at 100 %
@@ -57,7 +58,7 @@ class Board:
         self.has_clock = clock
         self.boot_id = self.rng.getrandbits(16)
         self.dimmer = Dimmer()
-        self.boots = _count_boot(state_dir)
+        self.boots = count_boot(state_dir)
 
     def time(self):
         return int(time.time()) if self.has_clock else None
@@ -92,23 +93,6 @@ class Board:
 
     def wait_transport(self, log):
         return True
-
-
-def _count_boot(d):
-    # a boot counter in the state dir (the ESP32 keeps its own in RTC memory and flash)
-    p = d + "/boots"
-    n = 0
-    try:
-        with open(p) as f:
-            n = int(f.read())
-    except (OSError, ValueError):
-        pass
-    try:
-        with open(p, "w") as f:
-            f.write(str(n + 1))
-    except OSError:
-        pass
-    return n + 1
 
 
 def _makedirs(path):

@@ -10,6 +10,8 @@
 # Decryption computes the tag over the recovered plaintext and compares it in constant time
 # (every byte is looked at whatever the first difference); on a mismatch the plaintext that
 # was written is wiped before AuthError is raised, so unauthenticated bytes never escape.
+from aes_util import absorb, ecb as aes_ecb
+
 try:
     from micropython import const
 except ImportError:  # CPython host tests
@@ -18,34 +20,11 @@ except ImportError:  # CPython host tests
         return x
 
 
-try:
-    import cryptolib
-except ImportError:  # CPython host tests: `cryptography` stands in for cryptolib
-    cryptolib = None
-
 _BLOCK = const(16)
-_MODE_ECB = const(1)  # cryptolib.aes mode 1 = ECB
 
 
 class AuthError(ValueError):
     pass
-
-
-class _HostECB:
-    # the cryptolib.aes(key, 1) interface (encrypt(in, out)) over `cryptography`, CPython only
-    def __init__(self, key):
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-        self._enc = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
-
-    def encrypt(self, block, out):
-        out[:] = self._enc.update(bytes(block))
-
-
-def _ecb(key):
-    if cryptolib is not None:
-        return cryptolib.aes(key, _MODE_ECB)
-    return _HostECB(key)
 
 
 class AESCCM:
@@ -61,7 +40,7 @@ class AESCCM:
         self.tag_len = tag_len
         self.L = L
         self.nonce_len = 15 - L
-        self._aes = ecb if ecb is not None else _ecb(key)
+        self._aes = ecb if ecb is not None else aes_ecb(key)
         self._x = bytearray(_BLOCK)  # CBC-MAC state
         self._a = bytearray(_BLOCK)  # counter block
         self._s = bytearray(_BLOCK)  # keystream block
@@ -113,17 +92,10 @@ class AESCCM:
             while p < _BLOCK:
                 t[p] = 0
                 p += 1
-            self._absorb(t)
+            absorb(self._aes, self._x, t)
             if i >= n:
                 return
             p = 0
-
-    def _absorb(self, blk):
-        # X = E(X xor blk) for one full (already padded) block
-        x = self._x
-        for j in range(_BLOCK):
-            x[j] ^= blk[j]
-        self._aes.encrypt(x, x)
 
     def _ctr(self, nonce, i):
         # S_i = E(A_i), A_i = (L-1) | nonce | counter i
@@ -143,6 +115,29 @@ class AESCCM:
         if len(nonce) != self.nonce_len:
             raise ValueError("nonce must be %d bytes" % self.nonce_len)
 
+    # CTR over the n payload bytes of src into out, CBC-MAC over the plaintext (src when
+    # encrypting, out when decrypting). Each byte is read before its place in out is
+    # written, so out may be src's own buffer (in place).
+    def _payload(self, nonce, src, out, n, encrypting):
+        t = self._t
+        pos = 0
+        ctr = 1
+        while pos < n:
+            k = n - pos
+            if k > _BLOCK:
+                k = _BLOCK
+            s = self._ctr(nonce, ctr)
+            for j in range(k):
+                v = src[pos + j]
+                w = v ^ s[j]
+                t[j] = v if encrypting else w
+                out[pos + j] = w
+            for j in range(k, _BLOCK):
+                t[j] = 0
+            absorb(self._aes, self._x, t)
+            pos += k
+            ctr += 1
+
     # -> ciphertext || tag (len(plaintext) + tag_len bytes), written into `out` if given
     # (a bytearray or memoryview; it may be the plaintext's own buffer: encryption in place)
     def encrypt(self, nonce, plaintext, aad=b"", out=None):
@@ -155,26 +150,9 @@ class AESCCM:
         elif len(out) < n + M:
             raise ValueError("output buffer too small")
         self._mac_aad(aad)
-        x = self._x
-        t = self._t
-        pos = 0
-        ctr = 1
-        while pos < n:
-            k = n - pos
-            if k > _BLOCK:
-                k = _BLOCK
-            # MAC the plaintext block before it is overwritten (in-place safe)
-            for j in range(k):
-                t[j] = plaintext[pos + j]
-            for j in range(k, _BLOCK):
-                t[j] = 0
-            self._absorb(t)
-            s = self._ctr(nonce, ctr)
-            for j in range(k):
-                out[pos + j] = t[j] ^ s[j]
-            pos += k
-            ctr += 1
+        self._payload(nonce, plaintext, out, n, True)
         s = self._ctr(nonce, 0)
+        x = self._x
         for j in range(M):
             out[n + j] = x[j] ^ s[j]
         return out
@@ -193,23 +171,7 @@ class AESCCM:
             raise ValueError("output buffer too small")
         self._mac_start(nonce, len(aad), n)
         self._mac_aad(aad)
-        t = self._t
-        pos = 0
-        ctr = 1
-        while pos < n:
-            k = n - pos
-            if k > _BLOCK:
-                k = _BLOCK
-            s = self._ctr(nonce, ctr)
-            for j in range(k):
-                v = data[pos + j] ^ s[j]
-                t[j] = v
-                out[pos + j] = v
-            for j in range(k, _BLOCK):
-                t[j] = 0
-            self._absorb(t)
-            pos += k
-            ctr += 1
+        self._payload(nonce, data, out, n, False)
         s = self._ctr(nonce, 0)
         x = self._x
         diff = 0

@@ -19,6 +19,7 @@
 import struct
 
 import cbor
+from aes_util import absorb, ecb as aes_ecb
 
 try:
     from micropython import const
@@ -28,15 +29,9 @@ except ImportError:  # CPython host tests
         return x
 
 
-try:
-    import cryptolib
-except ImportError:  # CPython host tests: `cryptography` stands in for cryptolib
-    cryptolib = None
-
 MIC_LEN = const(4)
 HEADER_MAX = const(12)  # profile 1 + short id 2 + seq varint up to 9
 _BLOCK = const(16)
-_MODE_ECB = const(1)
 _SEQ_LIMIT = 1 << 63
 
 NUM = "num"
@@ -87,23 +82,6 @@ def profile(name_or_id):
 # ---------------------------------------------------------------- AES-CMAC (RFC 4493)
 
 
-class _HostECB:
-    # cryptolib.aes(key, 1).encrypt(in, out) over `cryptography`: CPython host tests only
-    def __init__(self, key):
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-        self._enc = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
-
-    def encrypt(self, block, out):
-        out[:] = self._enc.update(bytes(block))
-
-
-def _ecb(key):
-    if cryptolib is not None:
-        return cryptolib.aes(key, _MODE_ECB)
-    return _HostECB(key)
-
-
 def _dbl(src, dst):
     # dst = src << 1 in GF(2^128), reduced by R_b = 0x87 (RFC 4493 §2.3)
     carry = 0
@@ -121,7 +99,7 @@ class Cmac:
     def __init__(self, key, ecb=None):
         if len(key) != 16:
             raise ValueError("AES-CMAC key must be 16 bytes")
-        self._ecb = ecb or _ecb(bytes(key))
+        self._ecb = ecb or aes_ecb(bytes(key))
         self.k1 = bytearray(_BLOCK)
         self.k2 = bytearray(_BLOCK)
         self._x = bytearray(_BLOCK)
@@ -141,25 +119,19 @@ class Cmac:
             nblocks = 1
         last = (nblocks - 1) * _BLOCK
         for off in range(0, last, _BLOCK):
-            for i in range(_BLOCK):
-                y[i] = x[i] ^ data[off + i]
-            self._ecb.encrypt(y, x)
+            absorb(self._ecb, x, data, off)
+        # the last block: whole -> xor K1; partial -> padded with 10*, xor K2
         rest = n - last
-        if rest == _BLOCK:
-            sub = self.k1
-            for i in range(_BLOCK):
-                y[i] = x[i] ^ data[last + i] ^ sub[i]
-        else:
-            sub = self.k2  # padded with 10*
-            for i in range(_BLOCK):
-                if i < rest:
-                    b = data[last + i]
-                elif i == rest:
-                    b = 0x80
-                else:
-                    b = 0
-                y[i] = x[i] ^ b ^ sub[i]
-        self._ecb.encrypt(y, x)
+        sub = self.k1 if rest == _BLOCK else self.k2
+        for i in range(_BLOCK):
+            if i < rest:
+                b = data[last + i]
+            elif i == rest:
+                b = 0x80
+            else:
+                b = 0
+            y[i] = b ^ sub[i]
+        absorb(self._ecb, x, y)
         return x
 
 

@@ -15,3 +15,11 @@ def q(x, bits=0):
     v = round(x * s) / s
     # integral values as ints: 1 byte instead of 3
     return int(v) if v == int(v) else v
+
+
+# the sensors that failed, named in the one "err" measurement a reading carries for them
+# (a failed sensor is reported as an error, never as a made-up value); -> out
+def with_err(out, failed):
+    if failed:
+        out.append(("err", None, ",".join(failed)))
+    return out

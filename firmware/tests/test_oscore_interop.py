@@ -52,6 +52,8 @@ TIMEOUT = 60.0  # generous: the machine may be busy
 NODE_ID = (0x002A).to_bytes(2, "big")  # the node's Sender ID (the gateway's Recipient ID)
 GATEWAY_ID = b""  # the gateway's Sender ID
 ID_CONTEXTS = [None, b"\x37\xcb\xf3\x21"]  # without, and with an ID Context (kid context)
+# (id_context, one side lost its replay window) for the two interop directions
+CONTEXT_CASES = [(None, False), (ID_CONTEXTS[1], False), (None, True)]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -191,6 +193,20 @@ def write_aiocoap_context(
     return basedir
 
 
+def gateway_context(tmp_path: Path, id_context: bytes | None) -> tuple[bytes, bytes, Path]:
+    """A fresh master secret and salt, and the gateway's aiocoap context made from them."""
+    secret, salt = os.urandom(16), os.urandom(8)
+    gw_dir = write_aiocoap_context(
+        tmp_path / "gw-ctx",
+        sender_id=GATEWAY_ID,
+        recipient_id=NODE_ID,
+        secret=secret,
+        salt=salt,
+        id_context=id_context,
+    )
+    return secret, salt, gw_dir
+
+
 def mp_env() -> dict[str, str]:
     env = dict(os.environ)
     env["MICROPYPATH"] = f".frozen:{FIRMWARE / 'lib'}:{FIRMWARE}"
@@ -239,21 +255,13 @@ async def aiocoap_oscore_server(
 @pytest.mark.micropython
 @pytest.mark.parametrize(
     ("id_context", "restarted"),
-    [(None, False), (ID_CONTEXTS[1], False), (None, True)],
+    CONTEXT_CASES,
     ids=["no-id-context", "id-context", "gateway-lost-replay-window"],
 )
 async def test_micropython_client_aiocoap_server(
     tmp_path: Path, id_context: bytes | None, restarted: bool
 ) -> None:
-    secret, salt = os.urandom(16), os.urandom(8)
-    gw_dir = write_aiocoap_context(
-        tmp_path / "gw-ctx",
-        sender_id=GATEWAY_ID,
-        recipient_id=NODE_ID,
-        secret=secret,
-        salt=salt,
-        id_context=id_context,
-    )
+    secret, salt, gw_dir = gateway_context(tmp_path, id_context)
     if restarted:
         # what aiocoap leaves after a crash: the replay window is unknown, so it answers the
         # first request with a protected 4.01 + Echo (RFC 8613 B.1.2, RFC 9175) and the node
@@ -353,21 +361,13 @@ async def micropython_oscore_server(
 @pytest.mark.micropython
 @pytest.mark.parametrize(
     ("id_context", "rebooted"),
-    [(None, False), (ID_CONTEXTS[1], False), (None, True)],
+    CONTEXT_CASES,
     ids=["no-id-context", "id-context", "node-lost-replay-window"],
 )
 async def test_aiocoap_client_micropython_server(
     tmp_path: Path, id_context: bytes | None, rebooted: bool
 ) -> None:
-    secret, salt = os.urandom(16), os.urandom(8)
-    gw_dir = write_aiocoap_context(
-        tmp_path / "gw-ctx",
-        sender_id=GATEWAY_ID,
-        recipient_id=NODE_ID,
-        secret=secret,
-        salt=salt,
-        id_context=id_context,
-    )
+    secret, salt, gw_dir = gateway_context(tmp_path, id_context)
     port = free_udp_port()
     async with micropython_oscore_server(port, secret, salt, id_context, rebooted) as proc:
         client = await aiocoap.Context.create_client_context()

@@ -7,13 +7,13 @@
 # repeatable: the same seed drops the same frames.
 import select
 import socket
-import time
 
-from transports import airtime
+from transports.radio_common import Radio, payload_len
 
 
-class EmulatedRadio:
+class EmulatedRadio(Radio):
     def __init__(self, host, port, loss=0.0, seed=1, model_airtime=True, sleep_ms=None):
+        Radio.__init__(self, sleep_ms)
         if not 0 <= loss <= 1:
             raise ValueError("loss is a probability 0..1")
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
@@ -26,15 +26,7 @@ class EmulatedRadio:
         self._loss = int(loss * 0xFFFFFFFF)
         self._state = (seed & 0xFFFFFFFF) or 0x9E3779B9
         self._model = model_airtime
-        self._sleep_ms = sleep_ms or time.sleep_ms
-        self.sf = 7
-        self.bw_hz = 125000
-        self.cr = 1
-        self.preamble = 8
-        self.crc = True
         self.freq_hz = 923200000
-        self.rssi = 0
-        self.snr = 0
         self.sent = 0
         self.lost = 0
         self.air_us = 0  # total time on air, lost frames included
@@ -53,19 +45,10 @@ class EmulatedRadio:
         if not 6 <= sf <= 12 or not 1 <= cr <= 4:
             raise ValueError("SF 6..12, CR 1..4")
         self.freq_hz = freq_hz
-        self.sf = sf
-        self.bw_hz = bw_hz
-        self.cr = cr
-        self.preamble = preamble
-        self.crc = crc
-
-    def airtime_us(self, n):
-        return airtime.airtime_us(n, self.sf, self.bw_hz, self.cr, self.preamble, self.crc)
+        self._modulation(sf, bw_hz, cr, preamble, crc)
 
     def send(self, buf):
-        n = len(buf)
-        if not 0 < n <= 255:
-            raise ValueError("LoRa payload is 1..255 bytes")
+        n = payload_len(buf)
         air = self.airtime_us(n)
         self.air_us += air
         if self._model:

@@ -7,6 +7,7 @@
 import time
 
 from transports import airtime
+from transports.radio_common import Radio, RadioError, bw_code, payload_len, snr_db
 
 try:
     from micropython import const
@@ -62,10 +63,6 @@ _BW = ((7810, 0x00), (10420, 0x08), (15630, 0x01), (20830, 0x09), (31250, 0x02),
        (41670, 0x0A), (62500, 0x03), (125000, 0x04), (250000, 0x05), (500000, 0x06))
 
 
-class RadioError(OSError):
-    pass
-
-
 def rf_freq(freq_hz):
     # RFfreq = f * 2**25 / F_XTAL (923.2 MHz -> 0x39B33333)
     return (freq_hz * 33554432 + _XTAL_HZ // 2) // _XTAL_HZ
@@ -76,34 +73,22 @@ def sync_word_regs(sync_word):
     return ((sync_word & 0xF0) | 0x04, ((sync_word & 0x0F) << 4) | 0x04)
 
 
-class SX126x:
+class SX126x(Radio):
     # spi: machine.SPI (mode 0); cs, busy, reset, dio1: pins. tcxo_mv: 0 for a crystal,
     # else the TCXO voltage DIO3 supplies (e.g. 1800 on many modules); dio2_rf_switch:
     # let DIO2 drive the antenna switch (most SX1262 modules do).
     def __init__(self, spi, cs, busy, reset=None, dio1=None, tcxo_mv=0, dio2_rf_switch=True,
                  sleep_ms=None, ticks_ms=None):
+        Radio.__init__(self, sleep_ms, ticks_ms)
         self._spi = spi
         self._cs = cs
         self._busy = busy
-        self._sleep_ms = sleep_ms or time.sleep_ms
-        self._ticks = ticks_ms or time.ticks_ms
         self._cmd = bytearray(12)
         self._mv = memoryview(self._cmd)
         self._rx = bytearray(12)
-        self.irq_seen = False
-        self.rssi = 0
-        self.snr = 0
-        self.sf = 7
-        self.bw_hz = 125000
-        self.cr = 1
-        self.preamble = 8
-        self.crc = True
         cs.value(1)
         if reset is not None:  # datasheet §8.1: low for at least 100 us
-            reset.value(0)
-            self._sleep_ms(1)
-            reset.value(1)
-            self._sleep_ms(5)
+            self._reset(reset)
         if dio1 is not None:
             dio1.irq(self._on_dio1, dio1.IRQ_RISING)
         self._command(_SET_STANDBY, _STDBY_RC)
@@ -184,12 +169,7 @@ class SX126x:
                   sync_word=0x12, preamble=8, crc=True):
         if not 5 <= sf <= 12 or not 1 <= cr <= 4 or not -9 <= power_dbm <= 22:
             raise ValueError("SF 5..12, CR 1..4 (4/5..4/8), power -9..22 dBm")
-        code = -1
-        for hz, c in _BW:
-            if hz == bw_hz:
-                code = c
-        if code < 0:
-            raise ValueError("bandwidth %d Hz not supported" % bw_hz)
+        code = bw_code(_BW, bw_hz)
         self._command(_SET_STANDBY, _STDBY_RC)
         self._command(_CALIBRATE_IMAGE, 0xE1, 0xE9)  # the 902-928 MHz band (§9.2.1)
         f = rf_freq(freq_hz)
@@ -199,11 +179,7 @@ class SX126x:
         self._command(_SET_TX_PARAMS, power_dbm & 0xFF, 0x04)  # ramp 200 us
         de = airtime.ldro(sf, bw_hz)
         self._command(_SET_MODULATION_PARAMS, sf, code, cr, de)
-        self.sf = sf
-        self.bw_hz = bw_hz
-        self.cr = cr
-        self.preamble = preamble
-        self.crc = crc
+        self._modulation(sf, bw_hz, cr, preamble, crc)
         self._packet_params(255)
         hi, lo = sync_word_regs(sync_word)
         self._command(_WRITE_REGISTER, _REG_SYNC_WORD >> 8, _REG_SYNC_WORD & 0xFF, hi, lo)
@@ -213,25 +189,9 @@ class SX126x:
         self._command(_SET_PACKET_PARAMS, self.preamble >> 8, self.preamble & 0xFF, 0x00,
                       length, 0x01 if self.crc else 0x00, 0x00)
 
-    def airtime_us(self, n):
-        return airtime.airtime_us(n, self.sf, self.bw_hz, self.cr, self.preamble, self.crc)
-
-    def _wait(self, mask, timeout_ms):
-        t0 = self._ticks()
-        while True:
-            flags = self.irq_status()
-            if flags & mask:
-                self._clear()
-                return flags
-            if time.ticks_diff(self._ticks(), t0) >= timeout_ms:
-                return 0
-            self._sleep_ms(1)
-
     # -- data
     def send(self, buf):
-        n = len(buf)
-        if not 0 < n <= 255:
-            raise ValueError("LoRa payload is 1..255 bytes")
+        n = payload_len(buf)
         self._command(_SET_STANDBY, _STDBY_RC)
         self._packet_params(n)
         self._buffer_cmd(_WRITE_BUFFER, 0, buf, False)
@@ -260,8 +220,7 @@ class SX126x:
         self._buffer_cmd(_READ_BUFFER, start, memoryview(buf)[:n], True)
         ps = self._query(3, _GET_PACKET_STATUS)
         self.rssi = -ps[0] // 2
-        snr = ps[1]
-        self.snr = (snr - 256 if snr > 127 else snr) // 4
+        self.snr = snr_db(ps[1])
         return n
 
     def sleep(self):

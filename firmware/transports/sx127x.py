@@ -9,9 +9,8 @@
 #   sleep(); rssi / snr of the last packet
 # The DIO0 interrupt handler only records that the radio signalled; the flags themselves
 # are read from RegIrqFlags, so polling without an interrupt pin works the same.
-import time
-
 from transports import airtime
+from transports.radio_common import Radio, RadioError, bw_code, payload_len, snr_db
 
 try:
     from micropython import const
@@ -75,37 +74,21 @@ _BW = ((7800, 0), (10400, 1), (15600, 2), (20800, 3), (31250, 4), (41700, 5), (6
        (125000, 7), (250000, 8), (500000, 9))
 
 
-class RadioError(OSError):
-    pass
-
-
 def frf(freq_hz):
     # RegFrf = f * 2**19 / F_XOSC, rounded (923.2 MHz -> 0xE6CCCD with a 32 MHz crystal)
     return (freq_hz * 524288 + _XTAL_HZ // 2) // _XTAL_HZ
 
 
-class SX127x:
+class SX127x(Radio):
     def __init__(self, spi, cs, reset=None, dio0=None, sleep_ms=None, ticks_ms=None):
+        Radio.__init__(self, sleep_ms, ticks_ms)
         self._spi = spi
         self._cs = cs
         self._tx2 = bytearray(2)
         self._rx2 = bytearray(2)
-        self._sleep_ms = sleep_ms or time.sleep_ms
-        self._ticks = ticks_ms or time.ticks_ms
-        self.irq_seen = False  # set by the DIO0 handler
-        self.rssi = 0
-        self.snr = 0
-        self.sf = 7
-        self.bw_hz = 125000
-        self.cr = 1
-        self.preamble = 8
-        self.crc = True
         cs.value(1)
         if reset is not None:  # datasheet §7.2.2: low for > 100 us, then 5 ms
-            reset.value(0)
-            self._sleep_ms(1)
-            reset.value(1)
-            self._sleep_ms(5)
+            self._reset(reset)
         v = self._read(_REG_VERSION)
         if v != VERSION:
             raise RadioError("SX127x not found (RegVersion 0x%02x)" % v)
@@ -153,12 +136,7 @@ class SX127x:
                   sync_word=0x12, preamble=8, crc=True):
         if not 6 <= sf <= 12 or not 1 <= cr <= 4 or not 2 <= power_dbm <= 20:
             raise ValueError("SF 6..12, CR 1..4 (4/5..4/8), power 2..20 dBm")
-        code = -1
-        for hz, c in _BW:
-            if hz == bw_hz:
-                code = c
-        if code < 0:
-            raise ValueError("bandwidth %d Hz not supported" % bw_hz)
+        code = bw_code(_BW, bw_hz)
         self._mode(_MODE_STDBY)
         f = frf(freq_hz)
         self._write(_REG_FRF_MSB, f >> 16)
@@ -185,32 +163,18 @@ class SX127x:
         self._write(_REG_DETECT_OPTIMIZE, 0xC5 if sf == 6 else 0xC3)
         self._write(_REG_DETECTION_THRESHOLD, 0x0C if sf == 6 else 0x0A)
         self._write(_REG_SYNC_WORD, sync_word)
-        self.sf = sf
-        self.bw_hz = bw_hz
-        self.cr = cr
-        self.preamble = preamble
-        self.crc = crc
+        self._modulation(sf, bw_hz, cr, preamble, crc)
 
-    def airtime_us(self, n):
-        return airtime.airtime_us(n, self.sf, self.bw_hz, self.cr, self.preamble, self.crc)
+    def irq_status(self):
+        return self._read(_REG_IRQ_FLAGS)
 
-    def _wait(self, mask, timeout_ms):
-        t0 = self._ticks()
-        while True:
-            flags = self._read(_REG_IRQ_FLAGS)
-            if flags & mask:
-                self._write(_REG_IRQ_FLAGS, 0xFF)  # write 1 to clear
-                self.irq_seen = False
-                return flags
-            if time.ticks_diff(self._ticks(), t0) >= timeout_ms:
-                return 0
-            self._sleep_ms(1)
+    def _clear(self):
+        self._write(_REG_IRQ_FLAGS, 0xFF)  # write 1 to clear
+        self.irq_seen = False
 
     # -- data
     def send(self, buf):
-        n = len(buf)
-        if not 0 < n <= 255:
-            raise ValueError("LoRa payload is 1..255 bytes")
+        n = payload_len(buf)
         self._mode(_MODE_STDBY)
         self._write(_REG_FIFO_ADDR_PTR, 0)
         self._cs.value(0)
@@ -250,8 +214,7 @@ class SX127x:
             self._spi.readinto(memoryview(buf)[:n])
         finally:
             self._cs.value(1)
-        snr = self._read(_REG_PKT_SNR)
-        self.snr = (snr - 256 if snr > 127 else snr) // 4  # two's complement, 0.25 dB steps
+        self.snr = snr_db(self._read(_REG_PKT_SNR))
         self.rssi = self._read(_REG_PKT_RSSI) - 157  # HF port (datasheet §5.5.5)
         return n
 

@@ -7,7 +7,8 @@
 #   CmdDevice  a command chip (SHT3x, BH1750): write(data) / read(n)
 #   FakeUART   bytes arrive in chunks: each readinto() returns at most one chunk (the
 #              rest stays), None when nothing is waiting (machine.UART on timeout)
-#   FakePin, FakePWM, FakeClock (virtual ms/us: sleeping advances it, nothing waits)
+#   FakePin, FakePWM, FakeClock (virtual ms/us: sleeping advances it, nothing waits;
+#              the radio and modem tests use it too)
 ENODEV = 19
 ETIMEDOUT = 110
 
@@ -166,8 +167,10 @@ class FakePin:
     IRQ_RISING = 1
     IRQ_FALLING = 2
 
-    def __init__(self, v=0):
+    # on_change(v): called on every write (a chip select that frames an SPI transfer)
+    def __init__(self, v=0, on_change=None):
         self.v = v
+        self.on_change = on_change
         self.history = []
         self.handler = None
         self.trigger = None
@@ -177,6 +180,8 @@ class FakePin:
             return self.v
         self.v = v
         self.history.append(v)
+        if self.on_change:
+            self.on_change(v)
 
     def irq(self, handler=None, trigger=None):
         self.handler = handler

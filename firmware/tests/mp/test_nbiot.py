@@ -8,6 +8,7 @@ import time
 import coap
 import coap_client
 import random
+from fakebus import FakeClock
 from mptest import eq, raises
 from transports import nbiot
 
@@ -112,20 +113,9 @@ class FakeModem:
             self._say("ERROR")
 
 
-class Clock:
-    def __init__(self):
-        self.t = 0
-
-    def sleep_ms(self, ms):
-        self.t += ms
-
-    def ticks_ms(self):
-        return self.t
-
-
 def _open(fake=None, **kw):
     fake = fake or FakeModem()
-    c = Clock()
+    c = FakeClock()
     m = nbiot.Modem(fake, ticks_ms=c.ticks_ms, sleep_ms=c.sleep_ms)
     tr = nbiot.NbiotTransport(m, "192.0.2.10", 5683, apn="iot.example", **kw)
     tr.open()
@@ -139,7 +129,7 @@ def test_bring_up_sequence():
                   'AT+QIOPEN=1,0,"UDP","192.0.2.10",5683,0,0'])
     eq(tr.is_open, True)
     eq(m.reg, 1)
-    eq(c.t >= 2000, True)  # waited about a second between registration queries
+    eq(c.ticks_ms() >= 2000, True)  # waited about a second between registration queries
 
 
 def test_send_uses_prompt_and_binary_data():
@@ -179,9 +169,9 @@ def test_errors_and_timeouts():
     raises(nbiot.ModemError, m.cmd, "AT+NOPE")
     raises(nbiot.ModemError, m.cmd, "AT+CGSN")
     fake.mute = ("AT+CSQ",)
-    t0 = c.t
+    t0 = c.ticks_ms()
     raises(nbiot.ModemTimeout, m.cmd, "AT+CSQ", 700)
-    eq(c.t - t0 >= 700, True)
+    eq(c.ticks_ms() - t0 >= 700, True)
     fake.send_fail = True
     raises(nbiot.ModemError, tr.send, b"x")
     eq(issubclass(nbiot.ModemError, OSError), True)  # the CoAP client's "no answer"

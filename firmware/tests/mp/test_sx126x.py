@@ -1,27 +1,9 @@
 # transports/sx126x.py under the real MicroPython against a fake SX1262 that parses the
 # command stream (opcode + parameters per chip-select window), honours BUSY, and answers
 # GetIrqStatus / GetRxBufferStatus / ReadBuffer / GetPacketStatus.
+from fakebus import FakeClock, FakePin
 from mptest import eq, raises
 from transports import sx126x
-
-
-class Pin:
-    IRQ_RISING = 1
-
-    def __init__(self, v=1, on_change=None):
-        self.v = v
-        self.on_change = on_change
-        self.handler = None
-
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
-        if self.on_change:
-            self.on_change(v)
-
-    def irq(self, handler, trigger):
-        self.handler = handler
 
 
 class Busy:
@@ -45,8 +27,8 @@ class Busy:
 class FakeSX1262:
     def __init__(self, busy=None, tx_works=True):
         self.busy = busy or Busy()
-        self.cs = Pin(1, self._cs)
-        self.dio1 = Pin(0)
+        self.cs = FakePin(1, self._cs)
+        self.dio1 = FakePin(0)
         self.cmds = []  # (opcode, params bytes) in order
         self.buffer = bytearray(256)
         self.irq = 0
@@ -126,20 +108,9 @@ class FakeSX1262:
         self._win.extend(bytes(len(buf)))
 
 
-class Clock:
-    def __init__(self):
-        self.t = 0
-
-    def sleep_ms(self, ms):
-        self.t += ms
-
-    def ticks_ms(self):
-        return self.t
-
-
 def _radio(chip=None, **kw):
     chip = chip or FakeSX1262()
-    c = Clock()
+    c = FakeClock()
     r = sx126x.SX126x(chip, chip.cs, chip.busy, dio1=chip.dio1, sleep_ms=c.sleep_ms,
                       ticks_ms=c.ticks_ms, **kw)
     return chip, r, c
@@ -206,7 +177,7 @@ def test_send_times_out_without_tx_done():
     chip, r, c = _radio(FakeSX1262(tx_works=False))
     r.configure(923200000, sf=7)
     raises(sx126x.RadioError, r.send, b"x")
-    eq(c.t >= 1000, True)
+    eq(c.ticks_ms() >= 1000, True)
 
 
 def test_recv_good_crc_error_and_timeout():

@@ -1,27 +1,9 @@
 # transports/sx127x.py under the real MicroPython against a fake SX1276 behind a fake SPI
 # bus: the exact register writes the datasheet asks for, TX done / RX done through the IRQ
 # flags and the DIO0 interrupt, CRC errors, timeouts.
+from fakebus import FakeClock, FakePin
 from mptest import eq, raises
 from transports import sx127x
-
-
-class Pin:
-    IRQ_RISING = 1
-
-    def __init__(self, v=1, on_change=None):
-        self.v = v
-        self.on_change = on_change
-        self.handler = None
-
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
-        if self.on_change:
-            self.on_change(v)
-
-    def irq(self, handler, trigger):
-        self.handler = handler
 
 
 class FakeSX1276:
@@ -34,8 +16,8 @@ class FakeSX1276:
         self.sent = []
         self.rx_queue = []  # (payload, crc_ok, snr_raw, rssi_raw)
         self.tx_works = tx_works
-        self.cs = Pin(1, self._cs)
-        self.dio0 = Pin(0)
+        self.cs = FakePin(1, self._cs)
+        self.dio0 = FakePin(0)
         self._addr = None
         self.transactions = 0
 
@@ -112,20 +94,9 @@ class FakeSX1276:
             buf[i] = self._load()
 
 
-class Clock:
-    def __init__(self):
-        self.t = 0
-
-    def sleep_ms(self, ms):
-        self.t += ms
-
-    def ticks_ms(self):
-        return self.t
-
-
 def _radio(chip=None, reset=None):
     chip = chip or FakeSX1276()
-    c = Clock()
+    c = FakeClock()
     r = sx127x.SX127x(chip, chip.cs, reset=reset, dio0=chip.dio0, sleep_ms=c.sleep_ms,
                       ticks_ms=c.ticks_ms)
     return chip, r, c
@@ -138,7 +109,7 @@ def test_frf_for_923_2_mhz():
 
 
 def test_init_selects_lora_mode_in_sleep():
-    reset = Pin(1)
+    reset = FakePin(1)
     chip, r, _ = _radio(reset=reset)
     eq(chip.writes[:2], [(0x01, 0x00), (0x01, 0x80)])
     eq(chip.regs[0x01], 0x81)  # LoRa, standby
@@ -197,7 +168,7 @@ def test_send_without_tx_done_times_out():
     chip, r, c = _radio(FakeSX1276(tx_works=False))
     r.configure(923200000, sf=7)
     raises(sx127x.RadioError, r.send, b"abc")
-    eq(c.t >= 1000, True)
+    eq(c.ticks_ms() >= 1000, True)
     eq(chip.regs[0x01], 0x81)  # back in standby
 
 
@@ -211,9 +182,9 @@ def test_recv_packet_crc_error_and_timeout():
     eq((r.snr, r.rssi), (-2, -57))
     chip.rx_queue.append((b"bad", False, 0, 0))
     eq(r.recv(buf, 500), 0)
-    t0 = c.t
+    t0 = c.ticks_ms()
     eq(r.recv(buf, 300), 0)
-    eq(c.t - t0 >= 300, True)
+    eq(c.ticks_ms() - t0 >= 300, True)
     r.sleep()
     eq(chip.regs[0x01], 0x80)
 
