@@ -57,6 +57,23 @@ def devices_file(tmp_path: Path) -> Path:
 # ---- a fake cloud: a real HTTP server on 127.0.0.1 -----------------------------------
 
 
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+    """One HTTP/1.1 request of the fake clouds: method, target, headers, body."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    method, target = head[0].split()[:2]
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return method, target, headers, body
+
+
+async def write_response(
+    writer: asyncio.StreamWriter, status: int, ctype: str, payload: bytes
+) -> None:
+    writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\n"
+                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    await writer.drain()
+
+
 @dataclass
 class Post:
     """One request the fake cloud received."""
@@ -106,11 +123,7 @@ class FakeCloud:
         assert task is not None
         self.handlers.add(task)
         try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            path = head[0].split()[1]
-            headers = {k.lower(): v.strip() for k, _, v in
-                       (h.partition(":") for h in head[1:] if h)}
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            _method, path, headers, body = await read_request(reader)
             post = Post(path, headers, cbor2.loads(body))
             self.posts.append(post)
             answer = self.script.pop(0)(post) if self.script else None
@@ -118,11 +131,11 @@ class FakeCloud:
             if status == 0:
                 await self.release.wait()
                 return
-            payload = cbor2.dumps(doc) if status == 200 else json.dumps(doc).encode()
-            ctype = "application/cbor" if status == 200 else "application/problem+json"
-            writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-            await writer.drain()
+            if status == 200:
+                await write_response(writer, status, "application/cbor", cbor2.dumps(doc))
+            else:
+                await write_response(writer, status, "application/problem+json",
+                                     json.dumps(doc).encode())
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -376,11 +389,7 @@ class ControlCloud:
         assert task is not None
         self.tasks.add(task)
         try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            method, target = head[0].split()[:2]
-            headers = {k.lower(): v.strip() for k, _, v in
-                       (h.partition(":") for h in head[1:] if h)}
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            method, target, headers, body = await read_request(reader)
             if headers.get("authorization") != f"Bearer {self.token}":
                 status, doc = 401, {"title": "bad token"}
             elif self.fail_next > 0:
@@ -388,10 +397,7 @@ class ControlCloud:
                 status, doc = 503, {"title": "busy"}
             else:
                 status, doc = await self.route(method, target, body)
-            payload = json.dumps(doc).encode()
-            writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-            await writer.drain()
+            await write_response(writer, status, "application/json", json.dumps(doc).encode())
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
