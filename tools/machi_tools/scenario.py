@@ -191,7 +191,11 @@ class _Run:
             self.udp = _proxy("udpproxy", "machi_tools.faultproxy", wd, args)
             host, port = self.udp.wait_ready()["listen"]
             target = (str(host), int(port))
-        self.fleet = Fleet(specs=specs, workdir=wd, gateway=target, coap=s.coap)
+        # a node keeps draining as long as the run may last: on a slow, loaded machine a
+        # lossy radio stretches the drain (every lost try doubles the wait), and a node
+        # that gave up early would fail the run without having lost anything
+        self.fleet = Fleet(specs=specs, workdir=wd, gateway=target, coap=s.coap,
+                           drain_timeout_s=s.timeout_s)
         self.fleet.start()
 
     def apply_faults(self) -> None:

@@ -335,11 +335,13 @@ class Fleet:
     workdir: Path
     gateway: tuple[str, int]
     coap: CoapProfile = CoapProfile()
+    drain_timeout_s: float = 60.0
     nodes: list[Node] = field(default_factory=list)
 
     def start(self) -> None:
         for spec in self.specs:
-            node = Node(spec=spec, workdir=self.workdir, gateway=self.gateway, coap=self.coap)
+            node = Node(spec=spec, workdir=self.workdir, gateway=self.gateway, coap=self.coap,
+                        drain_timeout_s=self.drain_timeout_s)
             node.start()
             self.nodes.append(node)
 
