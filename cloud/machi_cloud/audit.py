@@ -228,29 +228,78 @@ async def verify_storage(storage: Storage, *, page: int = 1000) -> list[str]:
     return verify_entries(entries)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`machi-cloud audit-verify --db PATH`: exit 0 when the chain holds, 1 if not, 2 on error."""
+async def read_postgres(dsn: str) -> list[AuditEntry]:
+    """The audit entries of a machi-cloud PostgreSQL database in seq order, read in one
+    read-only snapshot. Raises `StorageUnavailable` (unreachable, no audit table)."""
+    import asyncpg
+
+    from .errors import StorageUnavailable
+    from .storage.postgres import redact
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError) as exc:
+        raise StorageUnavailable(f"cannot connect to {redact(dsn)}: {exc}") from exc
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(AUDIT_SELECT)
+    except asyncpg.PostgresError as exc:
+        raise StorageUnavailable(f"{redact(dsn)}: cannot read the audit table ({exc})") from exc
+    finally:
+        await conn.close()
+    return [_row_entry(tuple(r)) for r in rows]
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """`machi-cloud audit-verify --db PATH | --database-url URL`: exit 0 when the chain
+    holds, 1 if not, 2 when the log cannot be read."""
+    import asyncio
+    import os
+
+    from .errors import StorageUnavailable
+    from .settings import DATABASE_URL_ENV
+
+    env = os.environ if environ is None else environ
     p = argparse.ArgumentParser(
         prog="machi-cloud audit-verify",
         description="Check the hash chain of the cloud's audit log (detects edited, deleted "
-        "and reordered entries).",
+        "and reordered entries). Read-only; works while the service runs.",
     )
-    p.add_argument("--db", type=Path, required=True, help="the machi-cloud SQLite file")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--db", type=Path, help="the machi-cloud SQLite file")
+    where.add_argument(
+        "--database-url",
+        metavar="URL",
+        help=f"the machi-cloud PostgreSQL database (or {DATABASE_URL_ENV})",
+    )
     args = p.parse_args(argv)
+    url = args.database_url or (None if args.db else env.get(DATABASE_URL_ENV) or None)
+    if args.db is None and url is None:
+        p.error(f"give --db PATH (SQLite) or --database-url URL (or set {DATABASE_URL_ENV})")
     try:
-        entries = read_sqlite(args.db)
+        if url is not None:
+            from .storage.postgres import redact
+
+            name = redact(url)
+            entries = asyncio.run(read_postgres(url))
+        else:
+            name = str(args.db)
+            entries = read_sqlite(args.db)
     except FileNotFoundError:
         print(f"audit-verify: {args.db}: no such file", file=sys.stderr)
         return 2
     except sqlite3.Error as exc:
         print(f"audit-verify: {args.db}: cannot read the audit table ({exc})", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        print(f"audit-verify: {exc.detail}", file=sys.stderr)
+        return 2
     problems = verify_entries(entries)
     for problem in problems:
         print(f"TAMPERED {problem}")
     if problems:
-        print(f"audit log of {args.db}: {len(problems)} problem(s) in {len(entries)} entries")
+        print(f"audit log of {name}: {len(problems)} problem(s) in {len(entries)} entries")
         return 1
     head = f"head seq {entries[-1].seq} hash {entries[-1].hash}" if entries else "empty"
-    print(f"audit log of {args.db}: OK, {len(entries)} entries, {head}")
+    print(f"audit log of {name}: OK, {len(entries)} entries, {head}")
     return 0

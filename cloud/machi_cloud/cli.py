@@ -22,7 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
-from .app import create_app
+from .app import create_app, freeze_startup_objects
 from .errors import StorageUnavailable
 from .settings import (
     API_TOKENS_ENV,
@@ -188,8 +188,10 @@ async def _serve(
     storage: Storage | None,
     where: str,
 ) -> None:
+    app = create_app(settings, storage)
+    freeze_startup_objects()
     config = uvicorn.Config(
-        create_app(settings, storage),
+        app,
         log_level=settings.log_level,
         access_log=settings.access_log,
         lifespan="on",

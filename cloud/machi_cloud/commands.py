@@ -7,9 +7,12 @@ a final state is answered 200 with the command as it stands (`changed: false`), 
 gateway retrying an old report is never stuck. A queued command past its `expires` becomes
 expired (actor `system:expiry`) the next time commands are listed or fetched.
 
-Long-poll: the handler waits on an in-process event that `POST /v1/commands` sets, and
-re-checks the database at least every second, so a command queued through another
-instance on the same database is delivered too.
+Long-poll: the handler waits on an in-process event that `POST /v1/commands` sets. On
+PostgreSQL the storage also LISTENs for the NOTIFY every new command sends
+(`Storage.watch_commands`), which sets the same event, so a command queued through another
+instance on the same database is delivered at once; the database is re-checked every
+`LISTENING_RECHECK_S` anyway (a lost LISTEN connection), and every `RECHECK_S` on a backend
+that cannot notify.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .wire import body_doc, read_model, respond
 router = APIRouter(tags=["commands"])
 MAX_WAIT_S = 30.0
 RECHECK_S = 1.0
+LISTENING_RECHECK_S = 10.0
 DEFAULT_TTL_S = 3600
 MAX_TTL_S = 7 * 86400
 LIGHT_ONLY = frozenset({"on", "off", "dim", "schedule"})
@@ -47,7 +51,7 @@ class CommandIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device: str = Field(pattern=DEVICE_ID.pattern)
-    name: Literal["on", "off", "dim", "schedule", "interval", "config"]
+    name: Literal["on", "off", "dim", "schedule", "interval", "config", "update"]
     args: dict[str, Any] = Field(default_factory=dict)
     ttl_s: int = Field(DEFAULT_TTL_S, ge=1, le=MAX_TTL_S, description="expires after this")
 
@@ -82,6 +86,13 @@ def check_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
     elif name == "schedule":
         if set(args) != {"mode"} or args.get("mode") not in ("auto", "on", "off"):
             raise InvalidRequest('schedule needs args {"mode": "auto" | "on" | "off"}')
+    elif name == "update":
+        unknown = set(args) - {"type", "version"}
+        version: Any = args.get("version", 1)
+        if unknown or args.get("type", "env") not in ("env", "bin", "light") or not (
+                _is_int(version) and 1 <= version < 2**31):
+            raise InvalidRequest('update takes args {} or {"type": "env" | "bin" | "light", '
+                                 '"version": <integer >= 1>} (both optional)')
     elif name == "config":
         if not args or len(args) > _MAX_CONFIG_KEYS:
             raise InvalidRequest(f"config needs 1..{_MAX_CONFIG_KEYS} settings {{key: value}}")
@@ -154,6 +165,9 @@ async def post_command(
             f"'{body.name}' is for streetlights; {body.device} is a {reg.type} device "
             "(it takes 'interval' and 'config')"
         )
+    if body.name == "update" and who.role is not None and who.role < Role.admin:
+        # a firmware image changes what the device is: the city's admins decide that
+        raise Forbidden("'update' (a firmware update) needs an admin token")
     args = check_args(body.name, body.args)
     now = round(time.time(), 3)
     cmd = Command(
@@ -208,6 +222,9 @@ async def gateway_commands(
     storage: Storage = request.app.state.storage
     await storage.expire_commands(time.time())
     deadline = time.monotonic() + wait
+    recheck = RECHECK_S
+    if wait > 0 and await storage.watch_commands(wakeups(request).notify):
+        recheck = LISTENING_RECHECK_S
     while True:
         event = wakeups(request).event(who.name)  # before the check: no lost wakeup
         pending = await storage.commands(
@@ -217,7 +234,7 @@ async def gateway_commands(
         if pending or remaining <= 0:
             break
         try:
-            await asyncio.wait_for(event.wait(), min(RECHECK_S, remaining))
+            await asyncio.wait_for(event.wait(), min(recheck, remaining))
         except TimeoutError:
             pass
     answer = {

@@ -17,8 +17,8 @@ import cbor2
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .batch import parse_batch
 from .errors import Forbidden, ProblemError, TooLarge, Unauthorized, UnsupportedMediaType
+from .fastbatch import parse_batch
 from .problems import PROBLEM_JSON, PROBLEM_SCHEMA
 from .settings import Settings
 from .storage import Storage
@@ -197,7 +197,6 @@ async def post_batch(request: Request) -> Response:
             len(result.rejected),
             result.rejected[0].reason,
         )
-    answer = result.answer()
     if _wants_json(request):
-        return JSONResponse(answer)
-    return Response(content=cbor2.dumps(answer), media_type=CBOR)
+        return JSONResponse(result.answer())
+    return Response(content=result.encoded or cbor2.dumps(result.answer()), media_type=CBOR)

@@ -1,4 +1,12 @@
-"""Fixtures for the cloud tests: a temp SQLite storage, the app, and an in-process client.
+"""Fixtures for the cloud tests: a storage on each backend, the app, an in-process client.
+
+Every test that uses `storage` (or `app`, `client`, `post`, ...) runs twice: on a temp
+SQLite file and on PostgreSQL. PostgreSQL is ONE throwaway server per session
+(`machi_cloud.storage.pgserver`) holding a migrated template database; each test gets a
+fresh copy of it (`CREATE DATABASE .. TEMPLATE`, milliseconds) that is dropped afterwards.
+Without the server binaries the PostgreSQL half is skipped, saying why. A test about one
+backend only (the SQLite file itself) pins it: `@pytest.mark.parametrize("backend",
+["sqlite"])`.
 
 `httpx.ASGITransport` does not run lifespan events, so the storage is opened here and
 handed to `create_app` (the caller owns it). Test modules share helpers only through these
@@ -7,12 +15,15 @@ fixtures (`--import-mode=importlib`, no packages).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +34,9 @@ from fastapi import FastAPI
 
 from machi_cloud.app import create_app
 from machi_cloud.settings import ApiTokens, GatewayTokens, Limits, Settings
+from machi_cloud.storage import Storage
 from machi_cloud.storage.pgserver import PostgresServer, find_bindir
+from machi_cloud.storage.postgres import PostgresStorage
 from machi_cloud.storage.sqlite import SQLiteStorage
 
 VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
@@ -57,24 +70,80 @@ def limits() -> Limits:
     return Limits()
 
 
+BACKENDS = ["sqlite", "postgres"]
+TEMPLATE_DB = "machi_template"
+_db_names = itertools.count()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which storage the app-level tests run on: each runs once per backend."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """The session's throwaway PostgreSQL server (initdb + pg_ctl, a free port), with a
+    migrated template database `TEMPLATE_DB` to copy per test."""
+    if find_bindir() is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not installed: set MACHI_PG_BINDIR"
+        )
+    with PostgresServer() as server:
+        dsn = server.create_database(TEMPLATE_DB)
+
+        async def migrate() -> None:
+            async with PostgresStorage(dsn, pool_size=1):
+                pass
+
+        # in a thread of its own: this may be set up while a test's event loop runs
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, migrate()).result()
+        yield server
+
+
 @pytest.fixture
-def settings(tmp_path: Path, limits: Limits) -> Settings:
+def database_url(backend: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A fresh, migrated PostgreSQL database of this test (None on SQLite)."""
+    if backend != "postgres":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("pg")
+    name = f"t{os.getpid()}_{next(_db_names)}"
+    dsn = server.create_database(name, template=TEMPLATE_DB)
+    try:
+        yield dsn
+    finally:
+        server.drop_database(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, limits: Limits, database_url: str | None) -> Settings:
     return Settings(
         db=tmp_path / "cloud.sqlite",
+        database_url=database_url,
         gateway_tokens=GatewayTokens.from_mapping(TOKENS),
         api_tokens=ApiTokens.from_mapping(PEOPLE),
         limits=limits,
     )
 
 
+def open_storage(settings: Settings) -> Storage:
+    """The (unopened) storage `settings` name: PostgreSQL when it has a URL, else SQLite."""
+    if settings.database_url:
+        return PostgresStorage(settings.database_url, pool_size=4)
+    return SQLiteStorage(settings.db)
+
+
 @pytest.fixture
-async def storage(settings: Settings) -> AsyncIterator[SQLiteStorage]:
-    async with SQLiteStorage(settings.db) as st:
+async def storage(settings: Settings) -> AsyncIterator[Storage]:
+    async with open_storage(settings) as st:
         yield st
 
 
 @pytest.fixture
-def app(settings: Settings, storage: SQLiteStorage) -> FastAPI:
+def app(settings: Settings, storage: Storage) -> FastAPI:
     return create_app(settings, storage)
 
 
@@ -229,17 +298,6 @@ Start = Callable[..., subprocess.Popen[bytes]]
 @pytest.fixture(name="start_cloud")
 def start_cloud_fixture() -> Start:
     return start_cloud
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL server of this test module (initdb + pg_ctl, a free port)."""
-    if find_bindir() is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not installed: set MACHI_PG_BINDIR"
-        )
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture

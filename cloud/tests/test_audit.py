@@ -1,13 +1,15 @@
 """The hash-chained audit log: every change is recorded, and tampering is detected.
 
-Tampering is done the way an intruder with the database file would: directly in SQLite,
-after dropping the append-only triggers, while the service is stopped.
+Tampering is done the way an intruder with the database would: directly in SQLite (or
+PostgreSQL), after dropping (disabling) the append-only triggers, while the service is
+stopped. Every test runs on both backends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import sqlite3
 import subprocess
 import sys
@@ -15,12 +17,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from machi_cloud import audit
 from machi_cloud.settings import Settings
-from machi_cloud.storage.sqlite import SQLiteStorage
+from machi_cloud.storage import Storage
 
 Register = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -83,7 +86,7 @@ async def test_verify_endpoint_and_function_agree_on_a_sound_chain(
     client: httpx.AsyncClient,
     history: list[dict[str, Any]],
     auth: dict[str, dict[str, str]],
-    storage: SQLiteStorage,
+    storage: Storage,
     settings: Settings,
 ) -> None:
     resp = await client.get("/v1/audit/verify", headers=auth["admin"])
@@ -94,37 +97,71 @@ async def test_verify_endpoint_and_function_agree_on_a_sound_chain(
         "head": {"seq": 6, "hash": history[-1]["hash"]},
     }
     assert await audit.verify_storage(storage) == []
-    assert audit.verify(settings.db) == []
+    assert await _problems(settings) == []
     for role in ("operator", "viewer", "gw-01"):
         assert (await client.get("/v1/audit", headers=auth[role])).status_code == 403
 
 
-def _tamper(db: Path, *sql: str) -> None:
-    conn = sqlite3.connect(db)
+def _where(settings: Settings) -> list[str]:
+    """The `audit-verify` arguments naming the test's database."""
+    if settings.database_url:
+        return ["--database-url", settings.database_url]
+    return ["--db", str(settings.db)]
+
+
+async def _problems(settings: Settings) -> list[str]:
+    """`audit.verify` of the database itself, read as `audit-verify` reads it."""
+    if settings.database_url:
+        return audit.verify_entries(await audit.read_postgres(settings.database_url))
+    return audit.verify(settings.db)
+
+
+async def _tamper(settings: Settings, *sql: str) -> None:
+    if settings.database_url:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("ALTER TABLE audit DISABLE TRIGGER USER")
+                for statement in sql:
+                    await conn.execute(statement)
+        finally:
+            await conn.close()
+        return
+    conn3 = sqlite3.connect(settings.db)
     try:
-        conn.execute("DROP TRIGGER audit_append_only_update")
-        conn.execute("DROP TRIGGER audit_append_only_delete")
+        conn3.execute("DROP TRIGGER audit_append_only_update")
+        conn3.execute("DROP TRIGGER audit_append_only_delete")
         for statement in sql:
-            conn.execute(statement)
-        conn.commit()
+            conn3.execute(statement)
+        conn3.commit()
     finally:
-        conn.close()
+        conn3.close()
 
 
-async def _closed(storage: SQLiteStorage) -> None:
-    await storage.close()  # the intruder works on the file while the service is down
+async def _closed(storage: Storage) -> None:
+    await storage.close()  # the intruder works on the database while the service is down
 
 
 async def test_the_application_cannot_edit_or_delete_entries(
     history: list[dict[str, Any]], settings: Settings
 ) -> None:
-    conn = sqlite3.connect(settings.db)
+    statements = ("UPDATE audit SET actor = 'x' WHERE seq = 1", "DELETE FROM audit")
+    if settings.database_url:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            for statement in (*statements, "TRUNCATE audit"):
+                with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                    await conn.execute(statement)
+        finally:
+            await conn.close()
+        return
+    conn3 = sqlite3.connect(settings.db)
     try:
-        for statement in ("UPDATE audit SET actor = 'x' WHERE seq = 1", "DELETE FROM audit"):
+        for statement in statements:
             with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                conn.execute(statement)
+                conn3.execute(statement)
     finally:
-        conn.close()
+        conn3.close()
 
 
 @pytest.mark.parametrize(
@@ -147,22 +184,22 @@ async def test_the_application_cannot_edit_or_delete_entries(
     ],
     ids=["edited-details", "edited-actor", "deleted", "reordered"],
 )
-async def test_verify_detects_tampering_in_sqlite(
+async def test_verify_detects_tampering(
     history: list[dict[str, Any]],
-    storage: SQLiteStorage,
+    storage: Storage,
     settings: Settings,
     sql: list[str],
     expected: list[str],
 ) -> None:
     await _closed(storage)
-    _tamper(settings.db, *sql)
-    problems = audit.verify(settings.db)
+    await _tamper(settings, *sql)
+    problems = await _problems(settings)
     for fragment in expected:
         assert any(p.startswith(fragment) for p in problems), (fragment, problems)
     # and the console entry point says so with exit code 1
     out = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "machi_cloud.cli", "audit-verify", "--db", str(settings.db)],
+        [sys.executable, "-m", "machi_cloud.cli", "audit-verify", *_where(settings)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -171,19 +208,33 @@ async def test_verify_detects_tampering_in_sqlite(
     assert "TAMPERED" in out.stdout
 
 
-async def test_console_entry_point_on_a_sound_chain_and_on_a_missing_file(
-    history: list[dict[str, Any]], storage: SQLiteStorage, settings: Settings, tmp_path: Path
+async def test_console_entry_point_on_a_sound_chain_and_on_a_missing_database(
+    history: list[dict[str, Any]], storage: Storage, settings: Settings, tmp_path: Path
 ) -> None:
     await _closed(storage)
-    cmd = [sys.executable, "-m", "machi_cloud.cli", "audit-verify", "--db"]
+    cmd = [sys.executable, "-m", "machi_cloud.cli", "audit-verify"]
     run = subprocess.run
-    ok = await asyncio.to_thread(run, [*cmd, str(settings.db)], capture_output=True, text=True)
+    ok = await asyncio.to_thread(run, [*cmd, *_where(settings)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert f"OK, 6 entries, head seq 6 hash {history[-1]['hash']}" in ok.stdout
-    gone = await asyncio.to_thread(
-        run, [*cmd, str(tmp_path / "nope")], capture_output=True, text=True
+    if settings.database_url:
+        missing = ["--database-url", settings.database_url.rsplit("/", 1)[0] + "/nope"]
+        says = "cannot connect"
+    else:
+        missing, says = ["--db", str(tmp_path / "nope")], "no such file"
+    gone = await asyncio.to_thread(run, [*cmd, *missing], capture_output=True, text=True)
+    assert gone.returncode == 2 and says in gone.stderr, gone.stderr
+
+
+def test_console_entry_point_needs_a_database(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "machi_cloud.cli", "audit-verify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "MACHI_CLOUD_DATABASE_URL"},
     )
-    assert gone.returncode == 2 and "no such file" in gone.stderr
+    assert out.returncode == 2 and "--database-url" in out.stderr, out.stderr
 
 
 def test_chain_entry_hash_is_the_documented_formula() -> None:

@@ -7,12 +7,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import cbor2
 import httpx
 import pytest
 
+from machi_cloud import commands
+from machi_cloud.app import create_app
+from machi_cloud.settings import Settings
+from machi_cloud.storage import Storage
+from machi_cloud.storage.postgres import PostgresStorage
 from machi_cloud.storage.records import Command
-from machi_cloud.storage.sqlite import SQLiteStorage
 
 Register = Callable[..., Awaitable[dict[str, Any]]]
 Check = Callable[[httpx.Response, int], dict[str, Any]]
@@ -144,7 +149,7 @@ async def test_states_move_forward_only_and_reports_are_idempotent(
 async def test_queued_commands_expire_and_the_expiry_is_audited(
     client: httpx.AsyncClient,
     fleet: None,
-    storage: SQLiteStorage,
+    storage: Storage,
     auth: dict[str, dict[str, str]],
 ) -> None:
     now = time.time()
@@ -160,3 +165,74 @@ async def test_queued_commands_expire_and_the_expiry_is_audited(
     audit = (await client.get("/v1/audit", headers=auth["admin"])).json()["entries"]
     assert audit[-1]["actor"] == "system:expiry" and audit[-1]["subject"] == "c-old"
     assert (await client.get("/v1/audit/verify", headers=auth["admin"])).json()["ok"] is True
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_command_queued_on_one_instance_wakes_a_long_poll_on_another(
+    settings: Settings,
+    storage: Storage,
+    register: Register,
+    auth: dict[str, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two app instances on one PostgreSQL database: the gateway long-polls B, an operator
+    queues on A. With every periodic re-check pushed past the poll's end, only A's NOTIFY
+    (heard by B's LISTEN) can deliver the command before the poll's 30 s are over (it takes
+    milliseconds; the test allows 20 s for a loaded machine). Then B's LISTEN connection is
+    killed: the next long-poll opens a new one, and the next command arrives as fast."""
+    monkeypatch.setattr(commands, "RECHECK_S", 120.0)
+    monkeypatch.setattr(commands, "LISTENING_RECHECK_S", 120.0)
+    await register("lamp-01", type="light")  # through the `client` of instance A
+    assert settings.database_url
+    async with PostgresStorage(settings.database_url, pool_size=2) as storage_b:
+        app_b = create_app(settings, storage_b)
+        transport_b = httpx.ASGITransport(app=app_b)
+        async with httpx.AsyncClient(transport=transport_b, base_url="http://b.test") as b:
+            app_a = create_app(settings, storage)
+            transport_a = httpx.ASGITransport(app=app_a)
+            async with httpx.AsyncClient(transport=transport_a, base_url="http://a.test") as a:
+                for name in ("on", "off"):
+                    poll = asyncio.create_task(
+                        b.get(
+                            "/v1/gateways/gw-01/commands?wait=30",
+                            headers=auth["gw-01"],
+                            timeout=60,
+                        )
+                    )
+                    # B's long-poll waits once its wake-up event exists (LISTEN came first)
+                    await _until(lambda: "gw-01" in app_b.state.wakeups._events, poll)
+                    sent = await _send(a, auth["operator"], "lamp-01", name)
+                    assert sent.status_code == 201, sent.text
+                    # the poll's own end (30 s) would also find it: it must come well before
+                    answer = await asyncio.wait_for(poll, 20)
+                    assert answer.status_code == 200, answer.text
+                    assert [c["id"] for c in answer.json()["commands"]] == [sent.json()["id"]]
+                    state = {"state": "sent"}
+                    done = await b.post(
+                        f"/v1/commands/{sent.json()['id']}/state", json=state, headers=auth["gw-01"]
+                    )
+                    assert done.status_code == 200, done.text
+                    if name == "on":  # the LISTEN connection dies: the next poll reconnects
+                        pid = storage_b._listener.get_server_pid()
+                        conn = await asyncpg.connect(settings.database_url)
+                        try:
+                            assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                        finally:
+                            await conn.close()
+                        await _until(lambda: storage_b._listener is None, None)
+
+
+async def _until(condition: Callable[[], bool], task: asyncio.Task[Any] | None) -> None:
+    """Wait (at most 30 s) for `condition`; fails early if `task` ends first."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert task is None or not task.done(), task.result()
+        assert time.monotonic() < deadline, "timed out waiting for the condition"
+        await asyncio.sleep(0.01)
+
+
+async def test_long_poll_without_a_command_ends_empty_after_the_wait(
+    client: httpx.AsyncClient, fleet: None, auth: dict[str, dict[str, str]]
+) -> None:
+    got = await client.get("/v1/gateways/gw-01/commands?wait=0.2", headers=auth["gw-01"])
+    assert got.status_code == 200 and got.json() == {"commands": []}

@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -55,6 +55,9 @@ class BatchResult:
     acked: tuple[tuple[str, int], ...]
     rejected: tuple[Rejection, ...]
     replayed: bool = False
+    # `answer()` as CBOR, when the storage has encoded it already (to record it): the
+    # ingest endpoint sends these bytes instead of encoding the answer again
+    encoded: bytes = field(default=b"", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.stored < 0 or self.duplicates < 0:
@@ -278,6 +281,12 @@ class Storage(ABC):
     async def delivery(self, device: str, *, max_gaps: int = 1000) -> DeliveryReport:
         """Seq range, count and missing ranges of a device's stored readings."""
         raise NotSupported(f"{type(self).__name__} has no delivery report yet")
+
+    async def watch_commands(self, wake: Callable[[str], None]) -> bool:
+        """From now on call `wake(gateway)` (on the event loop) whenever a command for
+        `gateway` is queued through *any* instance on this database; idempotent per `wake`.
+        False when the backend cannot tell (the caller then re-checks by polling)."""
+        return False
 
     async def __aenter__(self) -> Self:
         await self.open()

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,32 +102,26 @@ ON CONFLICT (device, metric) DO UPDATE SET
     value_text = excluded.value_text, value_bool = excluded.value_bool
 WHERE excluded.seq > latest.seq
 """
-_UPSERT_DEVICES = """
-INSERT INTO devices (device, first_seen, last_seen, last_seq, readings)
-SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::bigint[], $5::bigint[])
-    AS u(d, f, l, s, n)
-ORDER BY d COLLATE "C"
-ON CONFLICT (device) DO UPDATE SET
-    last_seen = greatest(devices.last_seen, excluded.last_seen),
-    last_seq = greatest(devices.last_seq, excluded.last_seq),
-    readings = devices.readings + excluded.readings
-"""
 _SET_ANSWER = "UPDATE batches SET answer = $3 WHERE gateway = $1 AND batch_id = $2"
+_SAMPLE_COLUMNS = ("device", "seq", "time", "received", "transport", "gateway", "batch_id")
+# latest, devices and the recorded answer in one statement (one round trip): its parts
+# touch different tables, so running them as data-modifying CTEs changes nothing else
+_FINISH = f"""
+WITH latest_rows AS ({_UPSERT_LATEST}),
+device_rows AS (
+    INSERT INTO devices (device, first_seen, last_seen, last_seq, readings)
+    SELECT * FROM unnest($10::text[], $11::float8[], $12::float8[], $13::bigint[],
+                         $14::bigint[]) AS u(d, f, l, s, n)
+    ORDER BY d COLLATE "C"
+    ON CONFLICT (device) DO UPDATE SET
+        last_seen = greatest(devices.last_seen, excluded.last_seen),
+        last_seq = greatest(devices.last_seq, excluded.last_seq),
+        readings = devices.readings + excluded.readings
+)
+UPDATE batches SET answer = $17 WHERE gateway = $15 AND batch_id = $16
+"""
 
 _VALUE_COLUMNS = "value_int, value_real, value_text, value_bool"
-
-ValueColumns = tuple[int | None, float | None, str | None, bool | None]
-
-
-def _columns(value: Value) -> ValueColumns:
-    """(value_int, value_real, value_text, value_bool); bool first, it is an int too."""
-    if value is True or value is False:
-        return None, None, None, value
-    if isinstance(value, str):
-        return None, None, value, None
-    if isinstance(value, int):
-        return value, None, None, None
-    return None, value, None, None
 
 
 def _value(vi: int | None, vr: float | None, vt: str | None, vb: bool | None) -> Value:
@@ -177,6 +172,8 @@ class PostgresStorage(Storage):
         self._statement_cache_size = statement_cache_size
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        self._listener: Any = None  # asyncpg.Connection LISTENing for new commands
+        self._wakers: set[Callable[[str], None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -219,11 +216,53 @@ class PostgresStorage(Storage):
     async def close(self) -> None:
         async with self._lock:
             pool, self._pool = self._pool, None
+            listener, self._listener = self._listener, None
+            self._wakers.clear()
+        if listener is not None and not listener.is_closed():
+            try:
+                await asyncio.wait_for(listener.close(), timeout=10)
+            except (*_DB_ERRORS, TimeoutError):
+                listener.terminate()
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), timeout=30)
             except TimeoutError:
                 pool.terminate()
+
+    async def watch_commands(self, wake: Callable[[str], None]) -> bool:
+        """LISTEN on a connection of its own (outside the pool, whose connections must stay
+        free of session state): `add_command` NOTIFYs at commit, so a gateway long-polling
+        any instance hears at once of a command queued through another one. If that
+        connection is lost, False until the next call reconnects (callers poll meanwhile)."""
+        async with self._lock:
+            if self._pool is None:
+                return False
+            self._wakers.add(wake)
+            if self._listener is not None and not self._listener.is_closed():
+                return True
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=self._connect_timeout_s)
+            except (*_DB_ERRORS, ValueError) as exc:
+                log.warning("cannot LISTEN for commands on %s: %s", redact(self.dsn), exc)
+                return False
+            try:
+                conn.add_termination_listener(self._listener_lost)
+                await conn.add_listener(control.COMMANDS_CHANNEL, self._notified)
+            except _DB_ERRORS as exc:
+                log.warning("cannot LISTEN for commands on %s: %s", redact(self.dsn), exc)
+                conn.terminate()
+                return False
+            self._listener = conn
+            return True
+
+    def _notified(self, conn: Any, pid: int, channel: str, gateway: str) -> None:
+        for wake in list(self._wakers):
+            wake(gateway)
+
+    def _listener_lost(self, conn: Any) -> None:
+        if self._listener is conn:
+            self._listener = None
+            log.warning("lost the LISTEN connection to %s; polling meanwhile", redact(self.dsn))
 
     async def _run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """`fn(connection)`, with database failures as `StorageUnavailable` (503: retry)."""
@@ -275,22 +314,9 @@ class PostgresStorage(Storage):
         if not await conn.fetchval(_CLAIM, gateway, batch_id, body_hash):
             row = await conn.fetchrow(_RECORDED, gateway, batch_id)
             return rows.replayed(gateway, batch_id, body_hash, row["body_sha256"], row["answer"])
-        new: set[tuple[str, int]] = set()
+        new: Collection[tuple[str, int]] = ()
         if p.unique:
-            await conn.copy_records_to_table(
-                _STAGING, records=p.sample_records(), columns=_STAGING_COLUMNS
-            )
-            inserted = await conn.fetch(_INSERT_SAMPLES, gateway, batch_id)
-            new = {(r[0], r[1]) for r in inserted}
-        if new:
-            m_records, l_cols, d_cols = p.derived(new)
-            if m_records:
-                await conn.copy_records_to_table(
-                    "measurements", records=m_records, columns=_MEASUREMENT_COLUMNS
-                )
-            if l_cols[0]:
-                await conn.execute(_UPSERT_LATEST, *l_cols)
-            await conn.execute(_UPSERT_DEVICES, *d_cols)
+            new = await _insert_samples(conn, gateway, batch_id, p)
         result = BatchResult(
             batch_id=batch_id,
             stored=len(new),
@@ -298,7 +324,17 @@ class PostgresStorage(Storage):
             acked=p.acked,
             rejected=rejected,
         )
-        await conn.execute(_SET_ANSWER, gateway, batch_id, cbor2.dumps(result.answer()))
+        answer = cbor2.dumps(result.answer())
+        result = replace(result, encoded=answer)
+        if not new:
+            await conn.execute(_SET_ANSWER, gateway, batch_id, answer)
+            return result
+        m_records, l_cols, d_cols = p.derived(None if len(new) == len(p.unique) else new)
+        if m_records:
+            await conn.copy_records_to_table(
+                "measurements", records=m_records, columns=_MEASUREMENT_COLUMNS
+            )
+        await conn.execute(_FINISH, *l_cols, *d_cols, gateway, batch_id, answer)
         return result
 
     # -- queries -----------------------------------------------------------------------
@@ -440,6 +476,30 @@ class PostgresStorage(Storage):
 SCHEMA_VERSION = len(STEPS)
 
 
+async def _insert_samples(
+    conn: Any, gateway: str, batch_id: str, p: _Prepared
+) -> Collection[tuple[str, int]]:
+    """Store the batch's samples; which of its keys are new.
+
+    Usually every reading is new, and a `COPY` straight into `samples` (in key order) is
+    the cheapest way in. If one is held already, the unique key fails the `COPY`; then we
+    roll back to before it and take the staging path, whose `ON CONFLICT DO NOTHING
+    RETURNING` tells the new keys. A concurrent writer of the same key makes the `COPY`
+    wait for its end, as the `INSERT` would.
+    """
+    await conn.execute("SAVEPOINT machi_samples")
+    try:
+        await conn.copy_records_to_table(
+            "samples", records=p.sample_rows(gateway, batch_id), columns=_SAMPLE_COLUMNS
+        )
+    except asyncpg.UniqueViolationError:
+        await conn.execute("ROLLBACK TO SAVEPOINT machi_samples")
+    else:
+        return p.unique.keys()
+    await conn.copy_records_to_table(_STAGING, records=p.sample_records(), columns=_STAGING_COLUMNS)
+    return {(r[0], r[1]) for r in await conn.fetch(_INSERT_SAMPLES, gateway, batch_id)}
+
+
 async def _init_connection(conn: Any) -> None:
     await conn.execute(_CREATE_STAGING)
 
@@ -455,44 +515,62 @@ class _Prepared:
 
     In-batch repeats are dropped here (the first occurrence wins, as in SQLite); what is
     new in the database is only known inside the transaction, so the per-table columns are
-    derived there from the set of keys the samples insert returned.
+    derived there from the set of keys the samples insert returned. Rows go to the
+    database in key order, so overlapping batches lock rows in the same order.
     """
 
     def __init__(self, readings: Sequence[Reading]) -> None:
-        unique: dict[tuple[str, int], Reading] = {}
-        repeated = 0
-        for r in readings:
-            key = (r.device, r.seq)
-            if key in unique:
-                repeated += 1
-            else:
-                unique[key] = r
-        self.unique = unique
-        self.repeated = repeated
-        self.acked: tuple[tuple[str, int], ...] = tuple(unique)
+        first = rows.first_of_each(readings)
+        self.repeated = len(readings) - len(first)
+        self.acked: tuple[tuple[str, int], ...] = tuple(first)
+        self.unique = dict(sorted(first.items()))
 
     def sample_records(self) -> list[tuple[Any, ...]]:
         return [r[:5] for r in self.unique.values()]  # device, seq, time, received, transport
 
+    def sample_rows(self, gateway: str, batch_id: str) -> list[tuple[Any, ...]]:
+        """`_SAMPLE_COLUMNS` of every reading."""
+        return [(*r[:5], gateway, batch_id) for r in self.unique.values()]
+
     def derived(
-        self, new: set[tuple[str, int]]
+        self, new: Collection[tuple[str, int]] | None
     ) -> tuple[list[tuple[Any, ...]], tuple[list[Any], ...], tuple[list[Any], ...]]:
-        """Measurement records, and latest and devices columns, of the newly stored readings."""
+        """Measurement records, and latest and devices columns, of the newly stored
+        readings (`new`; None: all of them)."""
         m: list[tuple[Any, ...]] = []
         latest: dict[tuple[str, str], tuple[Any, ...]] = {}
         devices: dict[str, list[Any]] = {}  # device -> [first_seen, last_seen, last_seq, n]
         for key, r in self.unique.items():
-            if key not in new:
+            if new is not None and key not in new:
                 continue
-            device, seq = key
-            t = r.time
-            for name, unit, value in r.measurements:
-                row = (device, seq, name, t, unit, *_columns(value))
+            device, seq, t, rc, _, ms = r
+            row: tuple[Any, ...]
+            for name, unit, value in ms:
+                kind = type(value)
+                if kind is float:
+                    row = (device, seq, name, t, unit, None, value, None, None)
+                elif kind is int:
+                    row = (device, seq, name, t, unit, value, None, None, None)
+                elif kind is str:
+                    row = (device, seq, name, t, unit, None, None, value, None)
+                else:
+                    row = (device, seq, name, t, unit, None, None, None, value)
                 m.append(row)
                 prev = latest.get((device, name))
                 if prev is None or seq > prev[1]:
                     latest[(device, name)] = row
-            rows.tally(devices, device, seq, r.received if r.received is not None else r.time)
+            seen_at = t if rc is None else rc
+            stats = devices.get(device)
+            if stats is None:
+                devices[device] = [seen_at, seen_at, seq, 1]
+            else:
+                if seen_at < stats[0]:
+                    stats[0] = seen_at
+                if seen_at > stats[1]:
+                    stats[1] = seen_at
+                if seq > stats[2]:
+                    stats[2] = seq
+                stats[3] += 1
         # latest's columns are (device, metric, seq, ...): measurements' with 2 and 3 swapped
         l_rows = [(d, n, q, *rest) for d, q, n, *rest in latest.values()]
         l_cols = tuple(list(col) for col in zip(*l_rows, strict=True)) or tuple(

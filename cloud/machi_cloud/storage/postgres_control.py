@@ -31,6 +31,7 @@ from .records import (
 )
 
 CONTROL_LOCK = 0x6D61636869 + 1  # next to the migrations' key
+COMMANDS_CHANNEL = "machi_commands"  # NOTIFY payload: the gateway id of a new command
 
 Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
 
@@ -143,6 +144,8 @@ async def add_command(conn: Conn, cmd: Command, actor: str) -> Command:
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         *rows.command_values(cmd, actor),
     )
+    # delivered at commit to every instance LISTENing (PostgresStorage.watch_commands)
+    await conn.execute("SELECT pg_notify($1, $2)", COMMANDS_CHANNEL, cmd.gateway)
     action, details = audit.command_created(cmd)
     await append_audit(
         conn, now=cmd.created, actor=actor, action=action, subject=cmd.id, details=details

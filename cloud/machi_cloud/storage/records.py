@@ -14,7 +14,7 @@ from typing import Any
 DEVICE_TYPES = ("env", "bin", "light")
 TRANSPORTS = ("coap", "lora", "nbiot")
 MAX_SHORT_ID = 0xFFFF  # LoRa frames carry a uint16; 0 is never allocated
-COMMAND_NAMES = ("on", "off", "dim", "schedule", "interval", "config")
+COMMAND_NAMES = ("on", "off", "dim", "schedule", "interval", "config", "update")
 # Forward-only: a state may be replaced only by one of a higher rank; the last three are final.
 COMMAND_STATES = ("queued", "sent", "acknowledged", "executed", "failed", "expired")
 FINAL_STATES = frozenset({"executed", "failed", "expired"})

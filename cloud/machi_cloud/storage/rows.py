@@ -17,6 +17,7 @@ from typing import Any
 import cbor2
 
 from .. import audit
+from ..batch import Reading
 from ..errors import BatchConflict, NotFound, ShortIdsExhausted
 from .base import BatchResult
 from .records import (
@@ -80,6 +81,20 @@ def replayed(
             "different body; give every new batch a new batch_id"
         )
     return BatchResult.from_answer(cbor2.loads(answer), replayed=True)
+
+
+def first_of_each(readings: Sequence[Reading]) -> dict[tuple[str, int], Reading]:
+    """The batch's readings by `(device, seq)` in batch order, the first of a repeated key
+    winning (a repeat inside one batch is a duplicate, as one of an earlier batch)."""
+    keys = [(r[0], r[1]) for r in readings]
+    unique = dict(zip(keys, readings, strict=True))
+    if len(unique) == len(keys):
+        return unique
+    first: dict[tuple[str, int], Reading] = {}
+    for key, r in zip(keys, readings, strict=True):
+        if key not in first:
+            first[key] = r
+    return first
 
 
 def tally(devices: dict[str, list[Any]], device: str, seq: int, seen_at: int | float) -> None:

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,8 +111,10 @@ CREATE TABLE IF NOT EXISTS batches (
 
 _INSERT_SAMPLE = (
     "INSERT INTO samples (device, seq, time, received, gateway, transport, batch_id, ingested)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING"
 )
+# a sample row with this batch's (gateway, batch_id) was written by this transaction
+_MINE = "SELECT 1 FROM samples WHERE device = ? AND seq = ? AND gateway = ? AND batch_id = ?"
 _INSERT_MEASUREMENT = (
     "INSERT INTO measurements (device, seq, metric, unit, value_num, value_text, value_bool)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -281,6 +284,10 @@ class SQLiteStorage(Storage):
         readings: Sequence[Reading],
         rejected: tuple[Rejection, ...],
     ) -> BatchResult:
+        """One transaction. Samples go in with `ON CONFLICT DO NOTHING`; when the change
+        count says every reading was new (the usual case) no lookup is needed, else the
+        rows this batch wrote are those carrying its (gateway, batch_id), which no earlier
+        batch can have (its `batches` row would exist and this would be a replay)."""
         conn.execute("BEGIN IMMEDIATE")
         row = conn.execute(
             "SELECT body_sha256, answer FROM batches WHERE gateway = ? AND batch_id = ?",
@@ -290,81 +297,72 @@ class SQLiteStorage(Storage):
             conn.rollback()
             return rows.replayed(gateway, batch_id, body_hash, row[0], row[1])
 
-        existing = self._existing(conn, readings)
+        unique = rows.first_of_each(readings)
         now = time.time()
-        seen: set[tuple[str, int]] = set()
-        acked: list[tuple[str, int]] = []
-        samples: list[tuple[Any, ...]] = []
+        before = conn.total_changes
+        conn.executemany(
+            _INSERT_SAMPLE,
+            [(d, q, t, rc, gateway, tr, batch_id, now) for d, q, t, rc, tr, _ in unique.values()],
+        )
+        new = unique
+        if conn.total_changes - before != len(unique):
+            new = {
+                key: r
+                for key, r in unique.items()
+                if conn.execute(_MINE, (*key, gateway, batch_id)).fetchone() is not None
+            }
         measurements: list[tuple[Any, ...]] = []
-        latest: dict[tuple[str, str], tuple[Any, ...]] = {}
+        add = measurements.append
+        latest: dict[tuple[str, str], tuple[Any, ...]] = {}  # -> (seq, time, measurement)
         devices: dict[str, list[Any]] = {}  # device -> [first_seen, last_seen, last_seq, n]
-        duplicates = 0
-        for r in readings:
-            key = (r.device, r.seq)
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            acked.append(key)
-            if key in existing:
-                duplicates += 1
-                continue
-            device, seq = key
-            samples.append((device, seq, r.time, r.received, gateway, r.transport, batch_id, now))
-            for m in r.measurements:
-                num, text, flag = _columns(m.value)
-                measurements.append((device, seq, m.name, m.unit, num, text, flag))
-                prev = latest.get((device, m.name))
-                if prev is None or seq > prev[2]:
-                    latest[(device, m.name)] = (
-                        device,
-                        m.name,
-                        seq,
-                        r.time,
-                        m.unit,
-                        num,
-                        text,
-                        flag,
-                    )
-            rows.tally(devices, device, seq, r.received if r.received is not None else r.time)
-
-        conn.executemany(_INSERT_SAMPLE, samples)
+        m: tuple[Any, ...]
+        for device, seq, t, rc, _, ms in new.values():
+            for name, unit, value in ms:
+                kind = type(value)
+                if kind is float or kind is int:
+                    m = (device, seq, name, unit, value, None, None)
+                elif kind is str:
+                    m = (device, seq, name, unit, None, value, None)
+                else:
+                    m = (device, seq, name, unit, None, None, int(value))
+                add(m)
+                key = (device, name)
+                prev = latest.get(key)
+                if prev is None or seq > prev[0]:
+                    latest[key] = (seq, t, m)
+            seen_at = t if rc is None else rc
+            stats = devices.get(device)
+            if stats is None:
+                devices[device] = [seen_at, seen_at, seq, 1]
+            else:
+                if seen_at < stats[0]:
+                    stats[0] = seen_at
+                if seen_at > stats[1]:
+                    stats[1] = seen_at
+                if seq > stats[2]:
+                    stats[2] = seq
+                stats[3] += 1
         conn.executemany(_INSERT_MEASUREMENT, measurements)
-        conn.executemany(_UPSERT_LATEST, latest.values())
+        conn.executemany(
+            _UPSERT_LATEST,
+            [(d, n, q, t, m[3], m[4], m[5], m[6]) for (d, n), (q, t, m) in latest.items()],
+        )
         conn.executemany(_UPSERT_DEVICE, [(d, *s) for d, s in devices.items()])
         result = BatchResult(
             batch_id=batch_id,
-            stored=len(samples),
-            duplicates=duplicates,
-            acked=tuple(acked),
+            stored=len(new),
+            duplicates=len(readings) - len(new),
+            acked=tuple(unique),
             rejected=rejected,
         )
+        answer = cbor2.dumps(result.answer())
         conn.execute(
             "INSERT INTO batches (gateway, batch_id, body_sha256, answer, created)"
             " VALUES (?, ?, ?, ?, ?)",
-            (gateway, batch_id, body_hash, cbor2.dumps(result.answer()), now),
+            (gateway, batch_id, body_hash, answer, now),
         )
         conn.commit()
-        return result
-
-    @staticmethod
-    def _existing(conn: sqlite3.Connection, readings: Sequence[Reading]) -> set[tuple[str, int]]:
-        """Which `(device, seq)` of the batch are already stored (inside the transaction)."""
-        by_device: dict[str, set[int]] = {}
-        for r in readings:
-            by_device.setdefault(r.device, set()).add(r.seq)
-        found: set[tuple[str, int]] = set()
-        for device, seqs in by_device.items():
-            ordered = sorted(seqs)
-            for i in range(0, len(ordered), _IN_CHUNK):
-                chunk = ordered[i : i + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT seq FROM samples WHERE device = ? AND seq IN ({marks})",
-                    (device, *chunk),
-                )
-                found.update((device, seq) for (seq,) in rows)
-        return found
+        return replace(result, encoded=answer)
 
     # -- queries -----------------------------------------------------------------------
 

@@ -1,0 +1,138 @@
+"""The ingest hot path: `batch.parse_batch` with a fast lane for well-formed readings.
+
+`batch.py` is the reference: it defines what is valid and words every error. Nearly every
+reading a gateway sends has the same shape (known device ids, the same few metric/unit
+pairs, plain numbers), so this module checks that shape with as little Python as possible:
+device ids and (metric, unit) pairs are validated once per batch and then looked up,
+types are compared exactly, and tuples are built without the NamedTuple constructors.
+A batch with anything the fast lane does not accept at once (a malformed envelope, one
+reading that is odd or invalid) is parsed again, entirely, by `batch.parse_batch`, which
+decides and words every rejection and error; so a gateway's usual batch takes the fast
+lane, and a batch with a rejected reading costs two parses. The fast lane accepts only
+what the reference accepts, with the same values: a check added to `batch.py` must be
+mirrored here, and `tests/test_fastbatch.py` (every single-field edge case, and random
+batches) fails until it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import batch as ref
+from .batch import Batch, Measurement, Reading
+from .settings import GATEWAY_ID
+
+_new = tuple.__new__
+_DEVICE = ref.DEVICE_ID.match
+_METRIC = ref.METRIC_NAME.match
+_GATEWAY = GATEWAY_ID.match
+_MAX_SEQ = ref.MAX_SEQ
+_INT64 = 2**63
+_MAX_TIME = 1e11
+_MAX_UNIT = 32
+_MAX_TEXT = 4096
+_MAX_TRANSPORT = 32
+
+
+def parse_batch(body: bytes, *, max_readings: int) -> Batch:
+    """As `batch.parse_batch` (same result, same errors), faster on the common shape."""
+    obj = ref.decode_cbor(body)
+    if type(obj) is not dict:
+        return ref.parse_batch(body, max_readings=max_readings)
+    gateway = obj.get("gateway")
+    batch_id = obj.get("batch_id")
+    items = obj.get("readings")
+    if (
+        type(gateway) is not str
+        or not _GATEWAY(gateway)
+        or type(batch_id) is not str
+        or not 1 <= len(batch_id) <= 64
+        or type(items) is not list
+        or len(items) > max_readings
+    ):
+        return ref.parse_batch(body, max_readings=max_readings)
+    devices: set[str] = set()  # device ids seen valid in this batch
+    pairs: set[tuple[str, str | None]] = set()  # (metric, unit) pairs seen valid
+    readings: list[Reading] = []
+    for item in items:
+        r = None
+        if type(item) is dict:
+            device = item.get("device")
+            seq = item.get("seq")
+            if type(device) is str and type(seq) is int:
+                r = _fast_reading(device, seq, item, devices, pairs)
+        if r is None:  # the reference words the rejection or the error
+            return ref.parse_batch(body, max_readings=max_readings)
+        readings.append(r)
+    return Batch(gateway=gateway, batch_id=batch_id, readings=tuple(readings), rejected=())
+
+
+def _fast_reading(
+    device: str,
+    seq: int,
+    item: dict[Any, Any],
+    devices: set[str],
+    pairs: set[tuple[str, str | None]],
+) -> Reading | None:
+    """The reading if it plainly passes every check of `batch._reading`, else None (then
+    `batch._reading` decides). Never accepts what `batch._reading` would reject."""
+    if device not in devices:
+        if not _DEVICE(device):
+            return None
+        devices.add(device)
+    if not 0 <= seq < _MAX_SEQ:
+        return None
+    t: Any = item.get("time")
+    kind = type(t)
+    if (kind is not float and kind is not int) or not 0 <= t < _MAX_TIME:
+        return None
+    rc: Any = item.get("received")
+    if rc is not None:
+        kind = type(rc)
+        if (kind is not float and kind is not int) or not 0 <= rc < _MAX_TIME:
+            return None
+    transport = item.get("transport", "unknown")
+    if type(transport) is not str or not 1 <= len(transport) <= _MAX_TRANSPORT:
+        return None
+    ms = item.get("m")
+    if type(ms) is not list:
+        return None
+    out: list[Measurement] = []
+    for m in ms:
+        if type(m) is not dict:
+            return None
+        name = m.get("n")
+        unit = m.get("u")
+        if type(name) is not str or (unit is not None and type(unit) is not str):
+            return None
+        pair = (name, unit)
+        if pair not in pairs:
+            if not _METRIC(name) or (unit is not None and not 1 <= len(unit) <= _MAX_UNIT):
+                return None
+            pairs.add(pair)
+        if "v" in m:
+            if "vs" in m or "vb" in m:
+                return None
+            value = m["v"]
+            kind = type(value)
+            if kind is float:
+                if value - value != 0.0:  # inf or nan
+                    return None
+            elif kind is not int or not -_INT64 <= value < _INT64:
+                return None
+        elif "vs" in m:
+            if "vb" in m:
+                return None
+            value = m["vs"]
+            if type(value) is not str or len(value) > _MAX_TEXT:
+                return None
+        elif "vb" in m:
+            value = m["vb"]
+            if type(value) is not bool:
+                return None
+        else:
+            return None
+        out.append(_new(Measurement, (name, unit, value)))
+    if len(out) > 1 and len({m[0] for m in out}) != len(out):
+        return None  # a metric twice: batch._reading words it
+    return _new(Reading, (device, seq, t, rc, transport, tuple(out)))
