@@ -114,16 +114,29 @@ class Ultrasonic:
 
 # Board adapter (boards/esp32.py): "sensors": {"ultrasonic": {"trig": 5, "echo": 18,
 #   "pings": 5, "max_dev_cm": 5}} -> "distance" in cm
+#   The app asks for one distance per ping (the bin's "pings" median), back to back: read()
+#   keeps the 60 ms cycle between its own calls too, so an old echo is never taken.
 class Sensor:
     NAMES = ("distance",)
 
-    def __init__(self, board, trig, echo, pings=1, max_dev_cm=5.0, **opts):
+    def __init__(self, board, trig, echo, pings=1, max_dev_cm=5.0, clock=time, **opts):
         import machine
 
         self._n = pings
         self._dev = max_dev_cm
+        self._clock = clock
+        self._last = None  # ticks_ms at the end of the last read
         self.dev = Ultrasonic(machine.Pin(trig, machine.Pin.OUT),
-                              machine.Pin(echo, machine.Pin.IN), machine.time_pulse_us, **opts)
+                              machine.Pin(echo, machine.Pin.IN), machine.time_pulse_us,
+                              clock=clock, **opts)
 
     def read(self):
-        return {"distance": self.dev.read_cm(self._n, self._dev)}
+        c = self._clock
+        if self._last is not None:
+            wait = _CYCLE_MS - c.ticks_diff(c.ticks_ms(), self._last)
+            if wait > 0:
+                c.sleep_ms(wait)
+        try:
+            return {"distance": self.dev.read_cm(self._n, self._dev)}
+        finally:
+            self._last = c.ticks_ms()
