@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv demo test system-deps lint bench firmware soak clean
+.PHONY: all venv demo test system-deps lint bench firmware soak soak-1000 fuzz clean
 
 all: test
 
@@ -42,6 +42,15 @@ firmware: $(STAMP)
 SOAK ?= hil_tests/scenarios/soak-100.json
 soak: $(STAMP)
 	$(BIN)/python -m machi_tools.scenario $(SOAK)
+
+# 1,000 emulated nodes, 50 per MicroPython process (firmware/multi.py), by hand (~12 min)
+soak-1000: $(STAMP)
+	nice -n 10 $(BIN)/python -m machi_tools.scenario hil_tests/scenarios/soak-1000.json
+
+# the parsers fuzzed by hand (issue #8): 100k examples each (MACHI_FUZZ_EXAMPLES=n), hours
+fuzz: $(STAMP)
+	MACHI_FUZZ=long $(BIN)/python -m pytest -q --timeout=0 gateway/tests/test_fuzz_parsers.py \
+		cloud/tests/test_fuzz_batch.py firmware/tests/test_fuzz_firmware.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -83,13 +83,39 @@ class Batch:
             raise ValueError(f"batch_id must be 1..{_MAX_BATCH_ID} characters")
 
 
+def _refuse_reference(*_: Any) -> Any:
+    raise cbor2.CBORDecodeError("references (CBOR tags 25, 28, 29, 256) are not accepted")
+
+
+def _bignum(negative: bool) -> Any:
+    def decode(value: Any, _immutable: bool) -> int:
+        if not isinstance(value, bytes) or len(value) > _MAX_BIGNUM:
+            raise cbor2.CBORDecodeError(f"a bignum must be a byte string of at most "
+                                        f"{_MAX_BIGNUM} bytes")
+        n = int.from_bytes(value, "big")
+        return -1 - n if negative else n
+    return decode
+
+
+# Hostile-input hardening (docs/security.md "Fuzzing"): cbor2's shared values and string
+# references let a few bytes stand for any number of readings or texts (a "billion laughs"
+# for validation and storage); non-text map keys can be made to share one hash
+# (k * (2^61 - 1)), making map decoding quadratic; an integer of over 4300 digits cannot be
+# echoed in a JSON answer. 1024 bytes hold any integer a gateway can have queued.
+_MAX_BIGNUM = 1024
+_SEMANTIC = {2: _bignum(False), 3: _bignum(True),
+             **dict.fromkeys((25, 28, 29, 256), _refuse_reference)}
+
+
 def decode_cbor(body: bytes) -> Any:
     """Exactly one well-formed CBOR item; anything else is `BadBatch`."""
     if not body:
         raise BadBatch("the body is empty: send one CBOR map (docs/protocol.md §3)")
     fp = io.BytesIO(body)
     try:
-        obj = cbor2.CBORDecoder(fp).decode()
+        obj = cbor2.CBORDecoder(
+            fp, semantic_decoders=_SEMANTIC, strict_hashable_types=True
+        ).decode()
     except cbor2.CBORDecodeError as exc:
         raise BadBatch(f"the body is not well-formed CBOR: {exc}") from exc
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
@@ -178,7 +204,9 @@ def _timestamp(value: Any, key: str) -> int | float | None:
     kind = type(value)
     if kind is int or kind is float:
         if not 0 <= value < _MAX_TIME:  # also false for NaN
-            raise _Invalid(f'"{key}" must be seconds since the Unix epoch, got {value!r}')
+            shown = repr(value) if kind is float or value.bit_length() <= 64 else (
+                f"an integer of {value.bit_length()} bits")  # reasons stay short
+            raise _Invalid(f'"{key}" must be seconds since the Unix epoch, got {shown}')
         return value  # type: ignore[no-any-return]
     raise _Invalid(f'"{key}" must be a number (seconds since the Unix epoch), got {_kind(value)}')
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -48,8 +49,10 @@ def parse_rcv(line: str) -> tuple[int, bytes, dict[str, Value]]:
         payload = bytes.fromhex(fields[2])
         if len(payload) != length:
             raise ValueError(f"length {length} but {len(payload)} bytes")
-        meta: dict[str, Value] = {"modem_addr": addr, "rssi": float(fields[3]),
-                                  "snr": float(fields[4])}
+        rssi, snr = float(fields[3]), float(fields[4])
+        if not (math.isfinite(rssi) and math.isfinite(snr)):  # "nan", "inf" parse as floats
+            raise ValueError("rssi and snr must be finite numbers")
+        meta: dict[str, Value] = {"modem_addr": addr, "rssi": rssi, "snr": snr}
     except (ValueError, binascii.Error) as exc:
         raise BadReading("serial-line", f"bad modem line {line[:80]!r}: {exc}") from exc
     return addr, payload, meta
