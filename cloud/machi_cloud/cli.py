@@ -2,7 +2,8 @@
 
 The listening socket is bound here, not by uvicorn, so `--port 0` works and the real port is
 known; once uvicorn serves on it, a *ready file* is written atomically (tmp + rename) with
-`{"url": "http://127.0.0.1:<port>", "pid": <pid>}` for orchestration to poll. SIGTERM and
+`{"url": "http://127.0.0.1:<port>", "pid": <pid>}` for orchestration to poll (`https://`
+with `--tls-cert/--tls-key`, which serve HTTPS directly, TLS 1.2 minimum). SIGTERM and
 SIGINT stop it gracefully (in-flight requests finish, the database is closed) with exit 0.
 """
 
@@ -16,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="reading endpoints and the dashboard data need a viewer token (default: open)",
     )
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate (chain); needs --tls-key. In production "
+        "prefer a reverse proxy terminating TLS (docs/cloud.md)",
+    )
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key")
     p.add_argument("--ready-file", type=Path, help="write {url, pid} JSON here once listening")
     p.add_argument(
         "--log-level",
@@ -123,6 +133,36 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str] | None = Non
     )
 
 
+def check_tls(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    """Both files or neither; readable, PEM, and the key belongs to the certificate.
+
+    Loaded here once so that a mistake stops the start with a message naming the flag,
+    instead of a traceback from uvicorn after the socket is bound."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+        raise ConfigError(f"{given} needs {missing} as well (or give neither: plain HTTP)")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+    def no_passphrase() -> bytes:  # never prompt on a terminal (uvicorn has no key password)
+        raise ConfigError(f"--tls-key {key}: the key is encrypted; give an unencrypted key "
+                          "(readable only by the service)")
+
+    try:
+        ctx.load_cert_chain(str(cert), str(key), password=no_passphrase)
+    except ssl.SSLError as exc:
+        why = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) \
+            else f"not a PEM certificate and its unencrypted private key ({exc.reason or exc})"
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: {why}") from None
+    return cert, key
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket (IPv6 when `host` is an IPv6 address)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -146,12 +186,12 @@ def write_ready_file(path: Path, url: str) -> None:
     tmp.replace(path)
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, scheme: str = "http") -> str:
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def serve(
@@ -160,10 +200,11 @@ async def serve(
     ready_file: Path | None,
     *,
     stop_requested: Sequence[int] = (),
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Serve until uvicorn is told to exit; write the ready file once it listens."""
     if not settings.database_url:  # SQLite: the app's lifespan opens settings.db
-        await _serve(settings, sock, ready_file, stop_requested, None, str(settings.db))
+        await _serve(settings, sock, ready_file, stop_requested, None, str(settings.db), tls)
         return
     # PostgreSQL: opened here and handed to the app, which leaves opening/closing to us.
     from .storage.postgres import PostgresStorage, redact
@@ -175,7 +216,7 @@ async def serve(
         raise SystemExit(f"machi-cloud: {exc.detail}") from exc
     try:
         where = redact(settings.database_url)
-        await _serve(settings, sock, ready_file, stop_requested, storage, where)
+        await _serve(settings, sock, ready_file, stop_requested, storage, where, tls)
     finally:
         await storage.close()
 
@@ -187,6 +228,7 @@ async def _serve(
     stop_requested: Sequence[int],
     storage: Storage | None,
     where: str,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     app = create_app(settings, storage)
     freeze_startup_objects()
@@ -196,11 +238,17 @@ async def _serve(
         access_log=settings.access_log,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
+    if tls is not None:
+        config.load()  # builds config.ssl; serve() then uses it as it is
+        assert config.ssl is not None
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     server = uvicorn.Server(config)
     if stop_requested:
         return
-    url = _url(settings.host, sock.getsockname()[1])
+    url = _url(settings.host, sock.getsockname()[1], "https" if tls else "http")
 
     async def announce() -> None:
         while not server.started:
@@ -228,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args)
+        tls = check_tls(args.tls_cert, args.tls_key)
     except ConfigError as exc:
         print(f"machi-cloud: {exc}", file=sys.stderr)
         return 2
@@ -251,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
     try:
-        asyncio.run(serve(settings, sock, args.ready_file, stop_requested=early))
+        asyncio.run(serve(settings, sock, args.ready_file, stop_requested=early, tls=tls))
     finally:
         sock.close()
         if args.ready_file is not None:

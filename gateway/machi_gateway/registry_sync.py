@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from . import tls
 from .errors import UplinkError, UplinkRefused, UplinkUnavailable
 from .registry import KEY_BYTES, Device, dump_devices, write_atomically
 
@@ -51,7 +52,8 @@ class RegistrySync:
 
     def __init__(self, url: str, *, gateway: str, token: str, path: Path,
                  interval_s: float = 60.0, timeout_s: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 tls_config: tls.CloudTls | None = None) -> None:
         self.endpoint = f"{url.rstrip('/')}/v1/gateways/{gateway}/devices"
         self.path = path
         self.interval_s = interval_s
@@ -59,7 +61,8 @@ class RegistrySync:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_s),
-                                         transport=transport, follow_redirects=False)
+                                         transport=transport, follow_redirects=False,
+                                         **tls.client_kwargs(url, tls_config))
         self.last_ok: float | None = None
         self.last_error: str | None = None
 
@@ -70,7 +73,7 @@ class RegistrySync:
         except httpx.TimeoutException as exc:
             raise UplinkUnavailable(f"timeout on {self.endpoint}") from exc
         except httpx.TransportError as exc:
-            raise UplinkUnavailable(f"cannot reach {self.endpoint}: {exc!r}") from exc
+            raise UplinkUnavailable(tls.transport_error(self.endpoint, exc)) from exc
         if resp.status_code != 200:
             detail = resp.text[:200].replace("\n", " ")
             if 400 <= resp.status_code < 500:

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from .. import tls
 from ..errors import UplinkRefused, UplinkUnavailable
 from .queue import CloudCommand, StateReport
 
@@ -16,7 +17,8 @@ class CommandClient:
     """``GET /v1/gateways/{gw}/commands?wait=`` and ``POST /v1/commands/{id}/state``."""
 
     def __init__(self, url: str, *, gateway: str, token: str, timeout_s: float,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 tls_config: tls.CloudTls | None = None) -> None:
         self.base = url.rstrip("/")
         self.gateway = gateway
         self.timeout_s = timeout_s
@@ -24,7 +26,8 @@ class CommandClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_s),
-                                         transport=transport, follow_redirects=False)
+                                         transport=transport, follow_redirects=False,
+                                         **tls.client_kwargs(url, tls_config))
 
     async def _call(self, method: str, path: str, *, timeout_s: float,
                     **kw: Any) -> httpx.Response:
@@ -34,7 +37,7 @@ class CommandClient:
         except httpx.TimeoutException as exc:
             raise UplinkUnavailable(f"timeout on {method} {url}") from exc
         except httpx.TransportError as exc:
-            raise UplinkUnavailable(f"cannot reach {url}: {exc!r}") from exc
+            raise UplinkUnavailable(tls.transport_error(url, exc)) from exc
         if resp.status_code == 200:
             return resp
         detail = resp.text[:200].replace("\n", " ")

@@ -6,6 +6,7 @@ import logging
 
 import httpx
 
+from .. import tls
 from ..errors import BatchConflict, UplinkRefused, UplinkUnavailable
 from .base import Batch, BatchAnswer, Uplink
 from .wire import decode_answer, encode_batch
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class HttpUplink(Uplink):
-    """One pooled httpx client; every request bounded by ``timeout_s``."""
+    """One pooled httpx client; every request bounded by ``timeout_s``; TLS settings from
+    ``tls_config`` (``[cloud]``, see :mod:`machi_gateway.tls`)."""
 
     def __init__(
         self,
@@ -23,6 +25,7 @@ class HttpUplink(Uplink):
         token: str,
         timeout_s: float,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls_config: tls.CloudTls | None = None,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/v1/batches"
         headers = {"Content-Type": "application/cbor", "Accept": "application/cbor"}
@@ -30,7 +33,7 @@ class HttpUplink(Uplink):
             headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(timeout_s), transport=transport,
-            follow_redirects=False,
+            follow_redirects=False, **tls.client_kwargs(url, tls_config),
         )
 
     async def send(self, batch: Batch) -> BatchAnswer:
@@ -40,7 +43,7 @@ class HttpUplink(Uplink):
         except httpx.TimeoutException as exc:
             raise UplinkUnavailable(f"timeout posting to {self.endpoint}") from exc
         except httpx.TransportError as exc:
-            raise UplinkUnavailable(f"cannot reach {self.endpoint}: {exc!r}") from exc
+            raise UplinkUnavailable(tls.transport_error(self.endpoint, exc)) from exc
         if resp.status_code == 200:
             return decode_answer(resp.content)
         detail = resp.text[:200].replace("\n", " ")
