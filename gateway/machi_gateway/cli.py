@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import config as config_mod
-from . import daemon, logs
+from . import daemon, gctune, logs
 from .errors import ConfigError, GatewayError
 
 log = logging.getLogger("machi_gateway")
@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("config ok")
         return 0
     logs.setup(cfg.log.level, cfg.log.format)
+    gctune.tune()
     try:
         return asyncio.run(daemon.run(cfg, ready_file=args.ready_file))
     except KeyboardInterrupt:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import tls
 from .errors import ConfigError
 
 Validator = Callable[[Any], Any]
@@ -83,6 +84,11 @@ def _url(v: Any) -> str:
     return v.rstrip("/")
 
 
+def _pin_list(v: Any) -> list[str]:
+    tls.parse_pins(v)  # ValueError names the bad pin
+    return [v] if isinstance(v, str) else list(v)
+
+
 @dataclass(frozen=True, slots=True)
 class Key:
     """One configuration key: its default and the validator that coerces it."""
@@ -101,6 +107,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "host": Key("::", _str(), "address to listen on ('::' = every IPv6 and IPv4 address)"),
         "port": Key(5683, _int(0, 65535), "UDP port; 0 = a free port chosen at start"),
         "max_payload": Key(1024, _int(16, 65000), "larger payloads get 4.13 with Size1"),
+        "oscore": Key("optional", _one_of("off", "optional", "required"),
+                      "OSCORE (RFC 8613) on /r: off = plain CoAP only; optional = both; "
+                      "required = plain requests get 4.01"),
+        "rate_per_source": Key(200.0, _float(0.0, strict=False),
+                               "requests/s allowed per source IP address, before anything "
+                               "else runs (over it: 4.29 + Max-Age); 0 = no limit"),
+        "rate_burst": Key(400, _int(1, 10**6), "requests a source may send at once"),
     },
     "devices": {
         "file": Key("devices.json", _str(), "the registry of known devices"),
@@ -126,11 +139,23 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backoff_max_s": Key(60.0, _float(0.0), "retry delay cap"),
         "drain_timeout_s": Key(5.0, _float(0.0, strict=False), "last flush bound at shutdown"),
     },
+    "cloud": {
+        "ca_file": Key("", _str(empty=True), "trust only this CA / self-signed cert (PEM) for "
+                       "the https:// cloud instead of the system store; empty = system store"),
+        "pin_sha256": Key([], _pin_list, "base64 SHA-256 SPKI pins (RFC 7469); a connection "
+                          "whose verified chain has none of these keys is refused"),
+        "allow_plain_http": Key(False, _bool, "allow an http:// [uplink] url to a host that "
+                                "is not loopback (the token then travels in clear)"),
+    },
     "downlink": {
         "enabled": Key(False, _bool, "long-poll the cloud for commands and deliver them"),
         "wait_s": Key(25, _int(0, 30), "long-poll wait asked of the cloud"),
         "idle_s": Key(5.0, _float(0.0), "pause after a poll that brought nothing new"),
         "per_ack": Key(4, _int(1, 16), "at most this many commands in one ACK"),
+        "push": Key(False, _bool, "send new commands at once to always-on nodes (type "
+                    "light) as CoAP POST /c, else they wait for the next ACK"),
+        "push_ack_timeout_s": Key(2.0, _float(0.0), "ACK_TIMEOUT of a push (RFC 7252)"),
+        "push_max_retransmit": Key(4, _int(0, 20), "MAX_RETRANSMIT of a push"),
     },
     "lora_udp": {
         "enabled": Key(False, _bool, "Semtech UDP packet-forwarder server"),
@@ -139,6 +164,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tx_power": Key(14, _int(0, 30), "downlink power in dBm"),
         "rx_delay_s": Key(1, _int(1, 15), "the node's receive window opens this long "
                           "after its uplink ended"),
+        "confirm": Key(True, _bool, "ack every durable frame in the node's RX window "
+                       "(confirmed delivery, docs/protocol-lora.md §8)"),
     },
     "serial": {
         "enabled": Key(False, _bool, "LoRa modem on a serial port (+RCV lines)"),
@@ -165,6 +192,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "prefix": Key("machi", _str(), "state topics are <prefix>/<device>/state"),
         "discovery_prefix": Key("homeassistant", _str(), "Home Assistant discovery prefix"),
     },
+    "firmware": {
+        "dir": Key("", _str(empty=True), "<type>.manifest + <type>.bin from `machi release "
+                   "sign`, served as /fw/<type>/manifest and /image; empty = none"),
+    },
     "health": {
         "host": Key("127.0.0.1", _str(), "address of the health/metrics HTTP server"),
         "port": Key(8081, _int(0, 65535), "TCP port; 0 = a free port chosen at start"),
@@ -181,6 +212,9 @@ class CoapConfig:
     host: str
     port: int
     max_payload: int
+    oscore: str = "optional"
+    rate_per_source: float = 200.0
+    rate_burst: int = 400
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,6 +231,9 @@ class DownlinkConfig:
     wait_s: int = 25
     idle_s: float = 5.0
     per_ack: int = 4
+    push: bool = False
+    push_ack_timeout_s: float = 2.0
+    push_max_retransmit: int = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,6 +243,7 @@ class LoraUdpConfig:
     port: int = 1700
     tx_power: int = 14
     rx_delay_s: int = 1
+    confirm: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,6 +333,8 @@ class Config:
     chirpstack: ChirpstackConfig = ChirpstackConfig()
     ble: BleConfig = BleConfig()
     mqtt_local: LocalMqttConfig = LocalMqttConfig()
+    firmware_dir: Path | None = None  # [firmware] dir; None: no /fw resources
+    cloud: tls.CloudTls = field(default_factory=tls.CloudTls)  # [cloud]: TLS to the cloud
 
     @property
     def queue_file(self) -> Path:
@@ -323,6 +363,7 @@ class Config:
                 f"uplink      {self.uplink.url}/v1/batches"
                 f" token {'set' if self.uplink.token else 'EMPTY'}"
                 f" (batch {self.uplink.batch_max} / {self.uplink.batch_age_s} s)",
+                f"cloud tls   {self.cloud.describe()}",
                 f"downlink    {'on' if self.downlink.enabled else 'off'}",
                 *(f"{name:<11} {'on' if on else 'off'}" for name, on in (
                     ("lora_udp", self.lora_udp.enabled), ("serial", self.serial.enabled),
@@ -381,6 +422,14 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
         raise ConfigError(f"[{unknown[0]}]: unknown section (known: {', '.join(SCHEMA)})")
     s = {name: _section(data, name) for name in SCHEMA}
     up = s["uplink"]
+    cl = s["cloud"]
+    cloud = tls.CloudTls(
+        ca_file=_resolve(base_dir, cl["ca_file"]) if cl["ca_file"] else None,
+        pins=tls.parse_pins(cl["pin_sha256"]), allow_plain_http=cl["allow_plain_http"])
+    try:
+        tls.validate(up["url"], cloud)  # the URL policy; ca_file readable and a certificate
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(
         gateway_id=s["gateway"]["id"],
         data_dir=_resolve(base_dir, s["gateway"]["data_dir"]),
@@ -408,6 +457,8 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
         chirpstack=ChirpstackConfig(**s["chirpstack"]),
         ble=BleConfig(**s["ble"]),
         mqtt_local=LocalMqttConfig(**s["mqtt_local"]),
+        firmware_dir=_resolve(base_dir, s["firmware"]["dir"]) if s["firmware"]["dir"] else None,
+        cloud=cloud,
     )
 
 

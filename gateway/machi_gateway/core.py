@@ -7,11 +7,11 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .downlink.queue import CommandQueue
 from .errors import ResponseError, UnknownDevice
-from .ingress.base import Receipt, WireCommand
+from .ingress.base import Accepted, Receipt, WireCommand
 from .model import Reading
 from .registry import Registry
 from .stats import IngressStats
@@ -28,6 +28,8 @@ def split_command_results(reading: Reading) -> tuple[Reading, dict[int, str]]:
     """Strip ``cmd/<cid>`` records (contract C2) from a reading: they are command states,
     not measurements. Returns the reading without them and ``{cid: "ok" | "err:..."}``."""
     results: dict[int, str] = {}
+    if not any(m.name.startswith("cmd/") for m in reading.measurements):
+        return reading, results  # the common case, without a regex per measurement
     kept = []
     for m in reading.measurements:
         match = _CMD_RE.match(m.name)
@@ -86,6 +88,44 @@ class Core:
                     log.exception("reading listener failed")
         else:
             self.stats.duplicates += 1
+        return Receipt(outcome=outcome, time=int(self._clock()), commands=commands)
+
+    async def accept_many(self, readings: Sequence[Reading]) -> Receipt:
+        """:meth:`accept` for the readings of one pack (one device): one commit for all,
+        one receipt; its outcome is "new" if any reading was new."""
+        if len(readings) == 1:
+            return await self.accept(readings[0])
+        try:
+            device = readings[0].device
+            if device not in self.registry:
+                dev = self.registry.get(device)
+                if dev is not None and dev.revoked:
+                    raise UnknownDevice("revoked", f"device {device!r} is revoked")
+                raise UnknownDevice("unknown-device", f"device {device!r} is not registered here")
+            split = [split_command_results(r) for r in readings]
+            outcomes = await self.store.add_many([r for r, _ in split])
+        except ResponseError as exc:
+            self.stats.reject(exc.reason)
+            raise
+        results: dict[int, str] = {}
+        for _, res in split:
+            results.update(res)
+        commands: tuple[WireCommand, ...] = ()
+        if self.commands is not None:
+            commands = await self.commands.on_reading(device, split[-1][0].seq, results)
+        last = readings[-1]
+        self.stats.seen(device, last.received, last.transport)
+        for (reading, _), added in zip(split, outcomes, strict=True):
+            if added != "new":
+                self.stats.duplicates += 1
+                continue
+            self.stats.readings_in += 1
+            for listener in self._listeners:
+                try:
+                    listener(reading)
+                except Exception:  # a local integration must never cost an ACK
+                    log.exception("reading listener failed")
+        outcome: Accepted = "new" if "new" in outcomes else "duplicate"
         return Receipt(outcome=outcome, time=int(self._clock()), commands=commands)
 
     def rejected(self, transport: str, reason: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from .config import Config
 from .core import Core
 from .downlink.cloud import CommandClient
+from .downlink.push import Pusher
 from .downlink.queue import CommandQueue
 from .downlink.service import Downlink
 from .health import HealthServer, Snapshot
@@ -49,13 +50,16 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def write_ready_file(path: Path, *, coap: tuple[str, int], health: tuple[str, int]) -> None:
+def write_ready_file(path: Path, *, coap: tuple[str, int], health: tuple[str, int],
+                     lora_udp: tuple[str, int] | None = None) -> None:
     """Atomically (tmp + rename) announce where the gateway listens."""
-    doc = {
+    doc: dict[str, object] = {
         "coap": [_local_host(coap[0], v6_dual_stack=True), coap[1]],
         "health": f"http://{_url_host(_local_host(health[0], v6_dual_stack=False))}:{health[1]}",
         "pid": os.getpid(),
     }
+    if lora_udp is not None:  # the Semtech UDP port (a virtual concentrator needs it)
+        doc["lora_udp"] = [_local_host(lora_udp[0], v6_dual_stack=False), lora_udp[1]]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -95,7 +99,8 @@ def _adapters(config: Config, core: Core, registry: Registry) -> list[Ingress]:
         out.append(SemtechIngress(core, decode=decode, registry_lookup=registry.by_short_id,
                                   host=config.lora_udp.host, port=config.lora_udp.port,
                                   rx_delay_s=config.lora_udp.rx_delay_s,
-                                  tx_power=config.lora_udp.tx_power))
+                                  tx_power=config.lora_udp.tx_power,
+                                  confirm=config.lora_udp.confirm))
     if config.serial.enabled:
         from .ingress.serial_modem import SerialModemIngress
         assert decode is not None
@@ -116,6 +121,15 @@ def _adapters(config: Config, core: Core, registry: Registry) -> list[Ingress]:
     return out
 
 
+def _firmware(config: Config) -> object | None:
+    """The /fw/<type>/... resource when ``[firmware] dir`` is set (ingress/firmware.py)."""
+    if config.firmware_dir is None:
+        return None
+    from .ingress.firmware import FirmwareResource
+
+    return FirmwareResource(config.firmware_dir)
+
+
 async def _run(config: Config, ready_file: Path | None, stop: asyncio.Event) -> None:
     registry = Registry(config.devices_file)
     await asyncio.to_thread(registry.reload_if_changed)
@@ -127,16 +141,22 @@ async def _run(config: Config, ready_file: Path | None, stop: asyncio.Event) -> 
             retry_after_s=config.queue.retry_after_s,
             dedup_window_s=config.queue.dedup_window_s, max_bytes=config.queue.max_bytes))
         uplink = await stack.enter_async_context(
-            HttpUplink(up.url, token=up.token, timeout_s=up.timeout_s))
+            HttpUplink(up.url, token=up.token, timeout_s=up.timeout_s,
+                       tls_config=config.cloud))
         commands: CommandQueue | None = None
         downlink: Downlink | None = None
+        pusher: Pusher | None = None
         if config.downlink.enabled:
             commands = await stack.enter_async_context(
                 CommandQueue(config.commands_file, per_ack=config.downlink.per_ack))
             client = CommandClient(up.url, gateway=config.gateway_id, token=up.token,
-                                   timeout_s=up.timeout_s)
+                                   timeout_s=up.timeout_s, tls_config=config.cloud)
             stack.push_async_callback(client.aclose)
-            downlink = Downlink(commands, client, wait_s=config.downlink.wait_s,
+            dl = config.downlink
+            if dl.push:
+                pusher = Pusher(commands, registry, ack_timeout_s=dl.push_ack_timeout_s,
+                                max_retransmit=dl.push_max_retransmit)
+            downlink = Downlink(commands, client, wait_s=config.downlink.wait_s, push=pusher,
                                 idle_s=config.downlink.idle_s,
                                 backoff_initial_s=up.backoff_initial_s,
                                 backoff_max_s=up.backoff_max_s)
@@ -145,7 +165,7 @@ async def _run(config: Config, ready_file: Path | None, stop: asyncio.Event) -> 
             sync = RegistrySync(up.url, gateway=config.gateway_id, token=up.token,
                                 path=config.devices_file,
                                 interval_s=config.devices_sync_interval_s,
-                                timeout_s=up.timeout_s)
+                                timeout_s=up.timeout_s, tls_config=config.cloud)
             stack.push_async_callback(sync.aclose)
         batcher = Batcher(store, uplink, gateway=config.gateway_id, policy=BatchPolicy(
             batch_max=up.batch_max, batch_age_s=up.batch_age_s,
@@ -185,11 +205,22 @@ async def _run(config: Config, ready_file: Path | None, stop: asyncio.Event) -> 
                     HealthServer(snapshot, host=config.health.host, port=config.health.port))
                 coap = await ingress.enter_async_context(
                     CoapIngress(core, host=config.coap.host, port=config.coap.port,
-                                max_payload=config.coap.max_payload))
-                for adapter in _adapters(config, core, registry):
+                                max_payload=config.coap.max_payload,
+                                rate_per_source=config.coap.rate_per_source,
+                                rate_burst=config.coap.rate_burst,
+                                oscore=config.coap.oscore, registry=registry,
+                                oscore_seq_file=config.data_dir / "oscore-seq.json",
+                                others=_firmware(config)))
+                if pusher is not None:
+                    pusher.attach(coap)
+                adapters = _adapters(config, core, registry)
+                for adapter in adapters:
                     await ingress.enter_async_context(adapter)
                 if ready_file is not None:
-                    write_ready_file(ready_file, coap=coap.address, health=health.address)
+                    # _adapters puts the Semtech ingress first when it is enabled
+                    write_ready_file(ready_file, coap=coap.address, health=health.address,
+                                     lora_udp=adapters[0].address
+                                     if config.lora_udp.enabled else None)
                 log.info("gateway %s ready: %d devices, %d readings queued",
                          config.gateway_id, len(registry), store.depth)
                 # Leave when asked to; if a background task dies, the TaskGroup cancels us.

@@ -99,7 +99,8 @@ class Store:
         self._depth = 0
         self._dead = 0
         self._last_prune = 0.0
-        self._pending: list[tuple[Reading, asyncio.Future[AddResult]]] = []
+        # readings waiting for the next commit, with the future their caller awaits
+        self._pending: list[tuple[Sequence[Reading], asyncio.Future[list[AddResult]]]] = []
         self._inflight: asyncio.Future[list[AddResult | Exception]] | None = None
         self._idle: asyncio.Event | None = None
         self.changed = asyncio.Event()  # set after every commit that queued a new reading
@@ -194,11 +195,20 @@ class Store:
         Raises QueueFull (the queue holds max_readings) or StoreUnavailable (disk full,
         I/O error): both mean "not stored, try later".
         """
+        return (await self.add_many((reading,)))[0]
+
+    async def add_many(self, readings: Sequence[Reading]) -> list[AddResult]:
+        """Queue several readings in one transaction (one fsync); returns after its commit.
+
+        All of them join the same group (one future for all: a pack of readings costs one
+        commit and one wake-up). Raises like :meth:`add` if any could not be queued (the
+        others may be stored: a retry finds them as duplicates).
+        """
         if self._executor is None:
             raise StoreUnavailable("closed", "the queue is closed",
                                    retry_after_s=self.retry_after_s)
-        fut: asyncio.Future[AddResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((reading, fut))
+        fut: asyncio.Future[list[AddResult]] = asyncio.get_running_loop().create_future()
+        self._pending.append((readings, fut))
         self._kick()
         return await fut
 
@@ -209,7 +219,8 @@ class Store:
         group, self._pending = self._pending, []
         self._idle.clear()
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._add_group, [r for r, _ in group])
+        job = loop.run_in_executor(self._executor, self._add_group,
+                                   [r for rs, _ in group for r in rs])
         self._inflight = job
 
         def settle(done: asyncio.Future[list[AddResult | Exception]]) -> None:
@@ -220,14 +231,18 @@ class Store:
             elif done.exception() is not None:
                 failure = done.exception()
             results = [] if failure is not None else done.result()
-            for i, (_, fut) in enumerate(group):
+            at = 0
+            for rs, fut in group:
+                mine = results[at:at + len(rs)]
+                at += len(rs)
                 if fut.done():  # the caller gave up (its task was cancelled)
                     continue
-                res = failure if failure is not None else results[i]
-                if isinstance(res, BaseException):
-                    fut.set_exception(res)
+                error = failure or next(
+                    (r for r in mine if isinstance(r, BaseException)), None)
+                if error is not None:
+                    fut.set_exception(error)
                 else:
-                    fut.set_result(res)
+                    fut.set_result([r for r in mine if not isinstance(r, BaseException)])
             if any(r == "new" for r in results):
                 self.changed.set()
             self._kick()
@@ -247,7 +262,20 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 over = self._over_quota(db)
+                rows = []  # queue rows, inserted at once after the loop
                 for r in readings:
+                    if over is None and depth < self.max_readings:
+                        # room: one statement tells new from duplicate (rowcount 0)
+                        if not db.execute(
+                            "INSERT OR IGNORE INTO seen (device, seq, at) VALUES (?, ?, ?)",
+                            (r.device, r.seq, now),
+                        ).rowcount:
+                            results.append("duplicate")
+                            continue
+                        rows.append((r.device, r.seq, r.received, cbor2.dumps(r.to_wire())))
+                        depth += 1
+                        results.append("new")
+                        continue
                     if db.execute(
                         "SELECT 1 FROM seen WHERE device = ? AND seq = ?", r.key
                     ).fetchone():
@@ -258,20 +286,14 @@ class Store:
                             "disk-quota", f"the queue uses {over} bytes on disk "
                             f"(quota {self.max_bytes})", retry_after_s=self.retry_after_s))
                         continue
-                    if depth >= self.max_readings:
-                        results.append(QueueFull(
-                            "queue-full", f"the queue holds {depth} readings",
-                            retry_after_s=self.retry_after_s,
-                        ))
-                        continue
-                    db.execute("INSERT INTO seen (device, seq, at) VALUES (?, ?, ?)",
-                               (r.device, r.seq, now))
-                    db.execute(
+                    results.append(QueueFull(
+                        "queue-full", f"the queue holds {depth} readings",
+                        retry_after_s=self.retry_after_s,
+                    ))
+                if rows:
+                    db.executemany(
                         "INSERT INTO queue (device, seq, received, body) VALUES (?, ?, ?, ?)",
-                        (r.device, r.seq, r.received, cbor2.dumps(r.to_wire())),
-                    )
-                    depth += 1
-                    results.append("new")
+                        rows)
                 if now - self._last_prune >= _PRUNE_EVERY_S:
                     self._prune(now)
                 db.execute("COMMIT")

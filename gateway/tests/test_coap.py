@@ -223,3 +223,49 @@ async def test_other_paths_are_404(gw: Gw) -> None:
         uri = gw.uri.removesuffix("/r") + "/" + path
         resp = await gw.client.request(aiocoap.Message(code=aiocoap.POST, uri=uri)).response
         assert resp.code == aiocoap.NOT_FOUND, path
+
+
+async def test_multi_reading_packs_take_one_commit_each(
+    gw: Gw, vectors: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack of several readings: one transaction (one fsync) before its one 2.04, every
+    reading stored; a reading already stored inside a pack is a duplicate, not an error."""
+    groups: list[int] = []
+    real = gw.store._add_group
+
+    def counting(readings: Any) -> Any:
+        groups.append(len(readings))
+        return real(readings)
+
+    monkeypatch.setattr(gw.store, "_add_group", counting)
+    cases = vectors("senml-readings-multi.json")
+    for case in cases:
+        resp = await gw.post(bytes.fromhex(case["hex"]))
+        assert resp.code == aiocoap.CHANGED, (case["name"], resp.payload)
+        assert set(cbor2.loads(resp.payload)) == {1}
+    total = sum(len(c["readings"]) for c in cases)
+    assert groups == [len(c["readings"]) for c in cases]
+    assert gw.store.depth == gw.stats.readings_in == total
+    stored = {(r.device, r.seq) for r in await gw.store.oldest(100)}
+    assert stored == {(r["device"], r["seq"]) for c in cases for r in c["readings"]}
+    # seq 18 again and a new seq 21: both acknowledged, 21 stored once, 18 not twice
+    again = cbor2.dumps([{0: "seq", 2: 18, -2: "env-0001:"}, {0: "t", 2: 1},
+                         {0: "seq", 2: 21, -2: "env-0001:"}, {0: "t", 2: 2}])
+    assert (await gw.post(again)).code == aiocoap.CHANGED
+    assert gw.store.depth == total + 1 and gw.stats.duplicates == 1
+
+
+async def test_multi_reading_pack_refusals(
+    small_gw: Gw, vectors: Callable[[str], Any]
+) -> None:
+    unknown = cbor2.dumps([{0: "seq", 2: 1, -2: "nobody-0001:"},
+                           {0: "seq", 2: 2, -2: "nobody-0001:"}])
+    assert (await small_gw.post(unknown)).code == aiocoap.UNAUTHORIZED
+    # the queue holds one reading: the pack is not acknowledged (5.03), the node resends it
+    # all later and finds the one stored now as a duplicate
+    backlog = bytes.fromhex(vectors("senml-readings-multi.json")[0]["hex"])
+    resp = await small_gw.post(backlog)
+    assert resp.code == aiocoap.SERVICE_UNAVAILABLE and resp.opt.max_age == 30
+    assert small_gw.store.depth == 1
+    assert small_gw.stats.rejected["unknown-device"] == 1
+    assert small_gw.stats.rejected["queue-full"] == 1

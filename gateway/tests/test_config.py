@@ -73,7 +73,7 @@ def test_example_lists_every_key_with_its_default() -> None:
     """The example file is the schema, uncommented: same keys, same defaults."""
     text = EXAMPLE.read_text()
     uncommented = "\n".join(
-        line[2:] if re.match(r"^# [a-z_]+ = ", line) else line for line in text.splitlines())
+        line[2:] if re.match(r"^# [a-z0-9_]+ = ", line) else line for line in text.splitlines())
     doc = tomllib.loads(uncommented)
     for section, keys in config.SCHEMA.items():
         for key, spec in keys.items():

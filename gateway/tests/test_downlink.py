@@ -95,12 +95,14 @@ async def test_command_life_cycle_through_acks(
 
     # First reading: both commands ride in the ACK, with the time.
     doc = await node.send(pack("env-0001", 1))
-    assert doc[2] == [[0, "dim", {"level": 40}], [1, "on", {}]]
+    assert [c[:3] for c in doc[2]] == [[0, "dim", {"level": 40}], [1, "on", {}]]
+    assert all(abs(c[3] - (doc[1] + 120)) <= 2 for c in doc[2])  # exp: now + 120 s
     assert abs(doc[1] - now) < 60
     await until(lambda: control_cloud.state("c-1") == "sent"
                 and control_cloud.state("c-2") == "sent")
     # The same reading again (the ACK was lost): the commands come again.
-    assert (await node.send(pack("env-0001", 1)))[2] == doc[2]
+    assert [c[:3] for c in (await node.send(pack("env-0001", 1)))[2]] == \
+        [c[:3] for c in doc[2]]
     # Next reading reports cid 0 done and cid 1 failed: stripped from the reading.
     doc = await node.send(pack("env-0001", 2, c0="ok", c1="err:range"))
     assert 2 not in doc
@@ -124,9 +126,11 @@ async def test_acknowledged_when_the_node_moves_on(
     control_cloud.add(id="c-7", device="bin-0002", name="config", args={"tilt": 30},
                       created=time.time(), expires=time.time() + 3600)
     await until(lambda: commands.open_commands == 1)
-    assert (await node.send(pack("bin-0002", 10)))[2] == [[0, "config", {"tilt": 30}]]
+    assert [c[:3] for c in (await node.send(pack("bin-0002", 10)))[2]] == \
+        [[0, "config", {"tilt": 30}]]
     # A later reading without the result: the node got the ACK; still offered until done.
-    assert (await node.send(pack("bin-0002", 11)))[2] == [[0, "config", {"tilt": 30}]]
+    assert [c[:3] for c in (await node.send(pack("bin-0002", 11)))[2]] == \
+        [[0, "config", {"tilt": 30}]]
     await until(lambda: control_cloud.state("c-7") == "acknowledged")
 
 
@@ -136,13 +140,15 @@ async def test_queue_survives_a_restart(tmp_path: Path) -> None:
         assert await q.add([CloudCommand(id="a", device="env-0001", name="off"),
                             CloudCommand(id="b", device="env-0001", name="on")]) == 2
         assert await q.add([CloudCommand(id="a", device="env-0001", name="off")]) == 0
-        assert await q.on_reading("env-0001", 5, {}) == ((0, "off", {}), (1, "on", {}))
+        assert [c[:3] for c in await q.on_reading("env-0001", 5, {})] == \
+            [(0, "off", {}), (1, "on", {})]
     async with CommandQueue(path) as q:
         assert q.open_commands == 2 and q.outbox == 2  # two "sent" reports not yet sent
-        assert await q.on_reading("env-0001", 5, {0: "ok"}) == ((1, "on", {}),)
+        assert [c[:3] for c in await q.on_reading("env-0001", 5, {0: "ok"})] == \
+            [(1, "on", {})]
         # The next command gets a fresh cid: 0 and 1 were used recently.
         await q.add([CloudCommand(id="c", device="env-0001", name="dim", args={"level": 5})])
-        assert (await q.on_reading("env-0001", 6, {}))[-1] == (2, "dim", {"level": 5})
+        assert (await q.on_reading("env-0001", 6, {}))[-1][:3] == (2, "dim", {"level": 5})
         assert await q.state_of("a") == "executed"
 
 
@@ -163,3 +169,18 @@ def test_cloud_command_validation() -> None:
     c = CloudCommand.from_json({"id": "x", "device": "env-0001", "name": "dim",
                                 "args": {"level": 3}, "created": 1, "expires": None})
     assert c.expires == float("inf")
+
+
+async def test_an_update_reported_ok_pending_is_executed_and_err_is_failed(
+        tmp_path: Path) -> None:
+    async with CommandQueue(tmp_path / "commands.db") as q:
+        await q.add([CloudCommand(id="u", device="env-0001", name="update",
+                                  args={"version": 2}),
+                     CloudCommand(id="v", device="env-0002", name="update")])
+        assert [c[:3] for c in await q.on_reading("env-0001", 5, {})] == \
+            [(0, "update", {"version": 2})]
+        assert [c[:3] for c in await q.on_reading("env-0002", 5, {})] == [(0, "update", {})]
+        await q.on_reading("env-0001", 6, {0: "ok:pending"})  # cids are per device
+        await q.on_reading("env-0002", 6, {0: "err:signature"})
+        assert await q.state_of("u") == "executed"
+        assert await q.state_of("v") == "failed"

@@ -3,6 +3,7 @@ gets its code with a countable reason."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -10,8 +11,8 @@ import cbor2
 import pytest
 
 from machi_gateway.errors import BadReading
-from machi_gateway.model import Reading
-from machi_gateway.senml import decode_pack
+from machi_gateway.model import Measurement, Reading
+from machi_gateway.senml import MAX_READINGS, decode_pack, decode_readings
 
 RECEIVED = 1795399999.5
 
@@ -51,7 +52,9 @@ def test_invalid_vectors_with_code_400(vectors: Callable[[str], Any]) -> None:
         "not-cbor": "cbor", "not-array": "not-a-pack", "empty-pack": "not-a-pack",
         "no-bn": "no-bn", "no-seq": "no-seq", "negative-seq": "bad-seq",
         "float-seq": "bad-seq", "two-values": "value-count", "no-value": "value-count",
-        "bad-name": "bad-name",
+        "bad-name": "bad-name", "pack-bad-second": "bad-value",
+        "pack-mixed-device": "mixed-device", "pack-too-many": "too-many-readings",
+        "pack-bt-carry": "base-carry",
     }
 
 
@@ -86,7 +89,10 @@ META = {0: "seq", 2: 3, -2: "env-0001:"}
         (_pack(META, {0: "t", 3: 5}), "bad-value"),
         (_pack(META, {0: "t", 4: 1}), "bad-value"),
         (_pack(META, {2: 1}), "bad-name"),
-        (_pack(META, {0: "seq", 2: 1}), "bad-name"),
+        # a second seq record starts a second reading, which must name its device
+        (_pack(META, {0: "seq", 2: 1}), "no-bn"),
+        (_pack({**META, -4: "Cel"}, {0: "t", 2: 1}, {**META, 2: 4}), "base-carry"),
+        (_pack(META, {0: "t", 2: 1}, {**META, 2: 4, 0: "seq", 3: "x"}), "bad-label"),
         (_pack(META, {0: "t", 1: "", 2: 1}), "bad-unit"),
         (_pack(META, {0: "t", 2: 1, 6: 10}), "record-time"),
         (_pack(META, {0: "t", 2: 1, 5: 1}), "bad-label"),
@@ -112,3 +118,68 @@ def test_reading_roundtrips_through_wire_form(vectors: Callable[[str], Any]) -> 
     for case in vectors("senml-readings.json"):
         r = decode_pack(bytes.fromhex(case["hex"]), received=RECEIVED, transport="coap")
         assert Reading.from_wire(cbor2.loads(cbor2.dumps(r.to_wire()))) == r
+
+
+def test_multi_reading_vectors(vectors: Callable[[str], Any]) -> None:
+    """A pack of several readings (a node's backlog) decodes to each, in order."""
+    cases = vectors("senml-readings-multi.json")
+    assert {len(c["readings"]) for c in cases} >= {2, 3, MAX_READINGS}
+    for case in cases:
+        payload = bytes.fromhex(case["hex"])
+        got = decode_readings(payload, received=RECEIVED, transport="coap")
+        assert len(got) == len(case["readings"]), case["name"]
+        for r, want in zip(got, case["readings"], strict=True):
+            assert (r.device, r.seq) == (want["device"], want["seq"]), case["name"]
+            assert r.time == (want["time"] if want["time"] is not None else RECEIVED)
+            assert [_m(m) for m in r.measurements] == want["m"], case["name"]
+        # decode_pack is the one-reading form: it refuses a pack of several
+        with pytest.raises(BadReading) as exc:
+            decode_pack(payload, received=RECEIVED, transport="coap")
+        assert exc.value.reason == "several-readings"
+
+
+def test_single_reading_vectors_are_packs_of_one(vectors: Callable[[str], Any]) -> None:
+    for case in vectors("senml-readings.json"):
+        [r] = decode_readings(bytes.fromhex(case["hex"]), received=RECEIVED, transport="coap")
+        assert r.seq == case["reading"]["seq"]
+
+
+def test_multi_reading_details() -> None:
+    second = {**META, 2: 4}
+    # the same seq twice is well formed (the store keeps one); bt may appear late
+    timed = {**META, -3: 1795390000}
+    rs = decode_readings(_pack(META, {0: "t", 2: 1}, timed, timed),
+                         received=RECEIVED, transport="coap")
+    assert [(r.seq, r.time) for r in rs] == [(3, RECEIVED), (3, 1795390000), (3, 1795390000)]
+    assert [len(r.measurements) for r in rs] == [1, 0, 0]
+    # a bad reading is named by its position in the pack
+    with pytest.raises(BadReading) as exc:
+        decode_readings(_pack(META, second, {0: "t", 2: float("inf")}),
+                        received=RECEIVED, transport="coap")
+    assert exc.value.reason == "bad-value"
+    assert exc.value.detail.startswith("bad-value: reading 2 of 2: t:")
+    many = _pack(*[{**META, 2: i} for i in range(MAX_READINGS + 1)])
+    with pytest.raises(BadReading) as exc:
+        decode_readings(many, received=RECEIVED, transport="coap")
+    assert exc.value.reason == "too-many-readings"
+
+
+def test_decoded_objects_equal_what_the_checking_constructors_make(
+    vectors: Callable[[str], Any]
+) -> None:
+    """The decoder builds Reading/Measurement without their __post_init__ re-checks (it
+    checked more strictly): the objects must be exactly what the constructors make."""
+    cases = vectors("senml-readings.json") + vectors("senml-readings-multi.json")
+    for case in cases:
+        for r in decode_readings(bytes.fromhex(case["hex"]), received=RECEIVED,
+                                 transport="coap"):
+            rebuilt = Reading(device=r.device, seq=r.seq, time=r.time, received=r.received,
+                              transport=r.transport, measurements=tuple(
+                                  Measurement(m.name, m.unit, m.value) for m in r.measurements))
+            assert rebuilt == r and hash(rebuilt) == hash(r) and dict(r.meta) == {}
+    # every field of the model is set by the decoder: a new field must be added there too
+    assert [f.name for f in dataclasses.fields(Reading)] == [
+        "device", "seq", "time", "received", "transport", "measurements", "meta"]
+    assert [f.name for f in dataclasses.fields(Measurement)] == ["name", "unit", "value"]
+    with pytest.raises(ValueError):
+        decode_readings(bytes.fromhex(cases[0]["hex"]), received=float("nan"), transport="coap")

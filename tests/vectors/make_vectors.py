@@ -86,6 +86,49 @@ def senml_vectors() -> list[dict]:
     return out
 
 
+# Several readings in one pack (protocol.md §2, "Several readings in one pack"): a node
+# catching up on its backlog. (name, why, device, [(seq, bt, measurements), ...])
+_T = [{"n": "temp", "u": "Cel", "v": 21.5}, {"n": "hum", "u": "%RH", "v": 48.25}]
+MULTI_CASES = [
+    ("backlog-3", "three readings of a node catching up, each with its own seq and bt",
+     "env-0001", [(17, 1795390000, _T),
+                  (18, 1795390060, [{"n": "temp", "u": "Cel", "v": 21.25},
+                                    {"n": "hum", "u": "%RH", "v": 48.5}]),
+                  (20, 1795390180, [{"n": "temp", "u": "Cel", "v": 21},
+                                    {"n": "tilt", "vb": True}, {"n": "mode", "vs": "x"}])]),
+    ("clockless-first", "a reading without bt (earlier power cycle) before ones with bt",
+     "bin-0002", [(3, None, [{"n": "fill", "u": "%", "v": 85}]),
+                  (4, 1795390060, [{"n": "fill", "u": "%", "v": 86}])]),
+    ("max-readings", "the limit: 16 readings in one pack",
+     "env-0003", [(100 + i, 1795390000 + 60 * i, [{"n": "temp", "u": "Cel", "v": i}])
+                  for i in range(16)]),
+]
+
+
+def multi_vectors() -> list[dict]:
+    out = []
+    for name, why, device, readings in MULTI_CASES:
+        records = [rec for seq, bt, ms in readings for rec in pack(device, seq, bt, ms)]
+        data = cbor2.dumps(records, canonical=True)
+        assert len(data) <= 1024, (name, len(data))
+        out.append({
+            "name": name,
+            "description": why,
+            "hex": data.hex(),
+            "senml": to_json(records),
+            "readings": [{"device": device, "seq": seq, "time": bt, "m": ms}
+                         for seq, bt, ms in readings],
+        })
+    return out
+
+
+def _multi(*readings: tuple[str, int, int | None, list[dict]]) -> str:
+    records = [rec for dev, seq, bt, ms in readings for rec in pack(dev, seq, bt, ms)]
+    return cbor2.dumps(records, canonical=True).hex()
+
+
+_ONE = [{"n": "temp", "u": "Cel", "v": 20}]
+
 # Payloads the gateway must refuse, with the CoAP response code it answers.
 INVALID = [
     ("not-cbor", "truncated CBOR", "9f01", 112, "4.00"),
@@ -112,6 +155,16 @@ INVALID = [
      '5b7b22626e223a22656e762d303030313a227d5d', 110, "4.15"),
     ("unknown-device", "a well-formed reading from a device the gateway does not know",
      cbor2.dumps([{0: "seq", 2: 1, -2: "nobody-0001:"}], canonical=True).hex(), 112, "4.01"),
+    ("pack-bad-second", "two readings, the second malformed (vs not text): the whole pack",
+     _multi(("env-0001", 1, 1795390000, _ONE),
+            ("env-0001", 2, 1795390060, [{"n": "mode", "vs": 5}])), 112, "4.00"),
+    ("pack-mixed-device", "two readings of two devices in one pack",
+     _multi(("env-0001", 1, 1795390000, _ONE), ("env-0002", 1, 1795390000, _ONE)),
+     112, "4.00"),
+    ("pack-too-many", "17 readings in one pack (at most 16)",
+     _multi(*[("env-0001", i, None, []) for i in range(17)]), 112, "4.00"),
+    ("pack-bt-carry", "a reading without bt after one with bt (SenML would carry bt over)",
+     _multi(("env-0001", 1, 1795390000, _ONE), ("env-0001", 2, None, _ONE)), 112, "4.00"),
 ]
 
 
@@ -175,6 +228,7 @@ def batch_vectors() -> list[dict]:
 def main() -> None:
     files = {
         "senml-readings.json": senml_vectors(),
+        "senml-readings-multi.json": multi_vectors(),
         "senml-invalid.json": invalid_vectors(),
         "coap-messages.json": coap_vectors(),
         "cloud-batches.json": batch_vectors(),

@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-NAMES = frozenset({"on", "off", "dim", "schedule", "interval", "config"})
+NAMES = frozenset({"on", "off", "dim", "schedule", "interval", "config", "update"})
 OPEN_STATES = ("queued", "sent", "acknowledged")
 CID_MODULUS = 256  # cids stay one CBOR byte (0..23) most of the time, two at worst
+# each ACK gives a command an `exp` of at most now + this (protocol.md §5): the node
+# refuses it ("err:stale") after that by its clock, so a held-back delivery is not executed
+EXP_S = 120
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -286,8 +289,8 @@ class CommandQueue:
                 result = results[cid]                  # result for its cid is stale
                 if state != "acknowledged":  # states only move forward, one by one
                     self._report(db, cid_, "acknowledged")
-                if result == "ok":
-                    self._report(db, cid_, "executed")
+                if result == "ok" or result.startswith("ok:"):  # "ok:pending": an update
+                    self._report(db, cid_, "executed", result.removeprefix("ok")[1:200])
                 else:
                     self._report(db, cid_, "failed", result.removeprefix("err:")[:200])
                 closed += 1
@@ -303,7 +306,7 @@ class CommandQueue:
                     self._report(db, cid_, "sent")
                     db.execute("UPDATE commands SET sent_seq = ? WHERE id = ?", (seq, cid_))
                 decoded: dict[str, Any] = cbor2.loads(args)
-                out.append((cid, name, decoded))
+                out.append((cid, name, decoded, int(min(expires, now + EXP_S))))
         for cid in set(results) - {r[1] for r in rows if r[5] != "queued"}:
             log.info("%s reported cmd/%d = %r for no open command; ignored",
                      device, cid, results[cid])

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from ..errors import UplinkError, UplinkRefused
 from .cloud import CommandClient
+from .push import Pusher
 from .queue import CommandQueue
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ class Downlink:
     def __init__(self, queue: CommandQueue, client: CommandClient, *, wait_s: int = 25,
                  idle_s: float = 5.0, expire_every_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 60.0,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random, push: Pusher | None = None) -> None:
         self.queue = queue
+        self.push = push  # always-on nodes get new commands at once (push.py)
         self.client = client
         self.wait_s = wait_s
         self.idle_s = idle_s
@@ -59,6 +61,8 @@ class Downlink:
             tg.create_task(self._poll(), name="downlink-poll")
             tg.create_task(self._report(), name="downlink-report")
             tg.create_task(self._expire(), name="downlink-expire")
+            if self.push is not None:
+                tg.create_task(self.push.run(), name="downlink-push")
 
     async def _poll(self) -> None:
         failures = 0
@@ -75,6 +79,8 @@ class Downlink:
                 await self.queue.refuse(cid, why)
             new = await self.queue.add(commands)
             self.fetched += new
+            if new and self.push is not None:
+                self.push.offer(c.device for c in commands)
             if commands and not new:
                 await asyncio.sleep(self.idle_s)
 

@@ -12,6 +12,7 @@ gateway time, and the commands waiting for it: docs/protocol.md §2 and §5).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -22,8 +23,9 @@ from ..model import Reading
 
 Accepted = Literal["new", "duplicate"]
 
-#: One command as the node receives it (contract C2): ``[cid, name, args]``.
-WireCommand = tuple[int, str, dict[str, Any]]
+#: One command as the node receives it (contract C2): ``[cid, name, args, exp]``; ``exp``
+#: (unix time) is when the node must stop accepting it (protocol.md §5, freshness).
+WireCommand = tuple[int, str, dict[str, Any], int]
 
 ACK_TIME = 1
 ACK_COMMANDS = 2
@@ -38,7 +40,7 @@ class Receipt:
     commands: tuple[WireCommand, ...] = ()
 
     def payload(self) -> bytes:
-        """The CF 60 body of the 2.04: ``{1: time}`` plus ``{2: [[cid, name, args]...]}``
+        """The CF 60 body of the 2.04: ``{1: time}`` plus ``{2: [[cid, name, args, exp]...]}``
         when commands wait (contract C1/C2). A few bytes: ``a1 01 1a xxxxxxxx``."""
         doc: dict[int, Any] = {ACK_TIME: self.time}
         if self.commands:
@@ -58,6 +60,12 @@ class Sink(Protocol):
         later reading of that device until the node reports them, so an adapter that
         cannot carry a downlink simply ignores them.
         """
+        ...
+
+    async def accept_many(self, readings: Sequence[Reading]) -> Receipt:
+        """:meth:`accept` for the 2..16 readings of one CoAP pack, all of one device: one
+        commit for all of them; returns only when all are durable (outcome "new" if any
+        was new), raises as :meth:`accept` if any could not be stored."""
         ...
 
     def rejected(self, transport: str, reason: str) -> None:

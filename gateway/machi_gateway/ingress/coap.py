@@ -4,12 +4,21 @@ Checks run in the documented order: size (4.13 + Size1), Content-Format (4.15), 
 decode (4.00 + diagnostic), then the sink (registry 4.01, queue 5.03 + Max-Age);
 2.04 only after the commit. Every refusal is counted by reason and logged in one line
 naming the peer; nothing a node sends can stop the server.
+
+OSCORE (docs/security.md §2): with ``oscore`` "optional" or "required" the resource sits
+behind aiocoap's ``OscoreSiteWrapper`` with contexts from the registry
+(:mod:`.oscore_ctx`); the wrapper answers what fails OSCORE itself (4.01 unknown kid or
+replay, 4.00 decryption failed, protected 4.01 + Echo after a restart). A protected
+reading must name the device of its context, else 4.01 (``oscore-identity``): a node
+cannot post in another's name. "required" refuses plain requests with 4.01
+(``oscore-required``); "off" serves plain CoAP only, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import aiocoap
@@ -22,9 +31,11 @@ from ..errors import (
     PayloadTooLarge,
     ResponseError,
     StoreUnavailable,
+    UnknownDevice,
     UnsupportedFormat,
 )
-from ..senml import decode_pack
+from ..registry import Registry
+from ..senml import decode_readings
 from .base import Ingress, Sink
 
 log = logging.getLogger(__name__)
@@ -32,6 +43,14 @@ log = logging.getLogger(__name__)
 SENML_CBOR = 112
 CBOR = 60
 PATH = ("r",)
+OSCORE_MODES = ("off", "optional", "required")
+
+
+def _oscore_device(request: aiocoap.Message) -> str | None:
+    """The device whose OSCORE context unprotected ``request``; None for plain CoAP."""
+    ctx = getattr(request.remote, "security_context", None)
+    device = getattr(ctx, "device", None)
+    return device if isinstance(device, str) else None
 
 
 def coap_code(code: str) -> Code:
@@ -45,20 +64,57 @@ def _peer(request: aiocoap.Message) -> str:
     return str(request.remote.hostinfo)
 
 
-class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyped lib
-    """``/r``: POST one SenML-CBOR reading. Other methods get 4.05 from aiocoap."""
+def _refuse_non_utf8_options() -> None:
+    """Make a string option that is not UTF-8 an unparsable message, as aiocoap means it.
 
-    def __init__(self, sink: Sink, *, max_payload: int) -> None:
+    aiocoap's ``StringOption.decode`` lets ``UnicodeDecodeError`` escape ``Message.decode``,
+    whose callers only catch ``UnparsableMessage``: a 10-byte datagram with a Uri-Path of
+    ``ff fe`` then raised into the event loop with a traceback in the log, per datagram
+    (found by gateway/tests/test_fuzz_parsers.py). Patched once, idempotently, here rather
+    than in a fork; the datagram is then dropped like any other unparsable one.
+    """
+    from aiocoap import optiontypes
+
+    decode = optiontypes.StringOption.decode
+    if getattr(decode, "_machi_utf8_checked", False):
+        return
+
+    def checked(self: Any, rawdata: bytes) -> None:
+        try:
+            decode(self, rawdata)
+        except UnicodeDecodeError as exc:
+            raise aiocoap.error.UnparsableMessage(f"option is not UTF-8: {exc}") from exc
+
+    checked._machi_utf8_checked = True  # type: ignore[attr-defined]
+    optiontypes.StringOption.decode = checked
+
+
+class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyped lib
+    """``/r``: POST one SenML-CBOR pack of 1..16 readings. Other methods get 4.05."""
+
+    def __init__(self, sink: Sink, *, max_payload: int, oscore: str = "off",
+                 others: Any = None) -> None:
         super().__init__()
         self.sink = sink
         self.max_payload = max_payload
+        self.oscore = oscore
+        self.others = others  # renders every other path (ingress/firmware.py: /fw/...)
+        self.peers: dict[str, Any] = {}  # device -> remote of its last 2.04 (downlink/push.py)
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         # This resource is the server's whole site: routing the one path here skips
         # aiocoap's Site, which copies every request and rebuilds its URI (a third of
         # the per-request cost in bench/gateway_coap.py).
         if request.opt.uri_path != PATH:
+            if self.others is not None:
+                return await self.others.render(request)
             return aiocoap.Message(code=aiocoap.NOT_FOUND)
+        if request.code != aiocoap.POST:
+            # aiocoap's own 4.05 carries "Error: Method not allowed!": 31 bytes for a
+            # 6-byte DELETE. An answer to an unauthenticated request is never larger than
+            # the request (docs/security.md §1.3), so ours is bare.
+            self.sink.rejected("coap", "method")
+            return aiocoap.Message(code=aiocoap.METHOD_NOT_ALLOWED)
         response: aiocoap.Message = await super().render(request)
         return response
 
@@ -78,7 +134,14 @@ class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyp
                     "wrong-format",
                     f"content-format {request.opt.content_format} is not {SENML_CBOR}",
                 )
-            reading = decode_pack(request.payload, received=time.time(), transport="coap")
+            secured = _oscore_device(request) if self.oscore != "off" else None
+            if secured is None and self.oscore == "required":
+                raise UnknownDevice("oscore-required", "OSCORE required")
+            readings = decode_readings(request.payload, received=time.time(), transport="coap")
+            reading = readings[0]  # a pack's readings are all of one device
+            if secured is not None and reading.device != secured:
+                raise UnknownDevice("oscore-identity",
+                                    f"OSCORE context is {secured}'s, not {reading.device}'s")
         except ResponseError as exc:
             self.sink.rejected("coap", exc.reason)
             peer = _peer(request)
@@ -86,7 +149,9 @@ class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyp
                         extra={"peer": peer, "reason": exc.reason, "code": exc.code})
             return self._error(exc, request)
         try:
-            receipt = await self.sink.accept(reading)
+            # several readings (a node's backlog): one commit, one 2.04 for all of them
+            receipt = await (self.sink.accept(reading) if len(readings) == 1
+                             else self.sink.accept_many(readings))
         except ResponseError as exc:
             peer = _peer(request)
             log.warning("coap %s from %s (%s seq %d): %s",
@@ -97,6 +162,7 @@ class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyp
         if log.isEnabledFor(logging.DEBUG):
             log.debug("coap 2.04 %s %s seq %d from %s (%d commands)", receipt.outcome,
                       reading.device, reading.seq, _peer(request), len(receipt.commands))
+        self.peers[reading.device] = request.remote
         # Time (and the node's commands) ride in the ACK the node waits for anyway.
         return aiocoap.Message(code=aiocoap.CHANGED, payload=receipt.payload(),
                                content_format=CBOR)
@@ -122,16 +188,53 @@ class CoapIngress(Ingress):
 
     transport = "coap"
 
-    def __init__(self, sink: Sink, *, host: str, port: int, max_payload: int) -> None:
+    def __init__(self, sink: Sink, *, host: str, port: int, max_payload: int,
+                 oscore: str = "off", registry: Registry | None = None,
+                 oscore_seq_file: Path | None = None, others: Any = None,
+                 rate_per_source: float = 0.0, rate_burst: int = 400) -> None:
+        if oscore not in OSCORE_MODES:
+            raise ValueError(f"oscore must be one of {', '.join(OSCORE_MODES)}, got {oscore!r}")
+        if oscore != "off" and (registry is None or oscore_seq_file is None):
+            raise ValueError("OSCORE needs the registry and a sequence file")
         self.sink = sink
         self.host = host
         self.port = port
         self.max_payload = max_payload
+        self.oscore = oscore
+        self.registry = registry
+        self.oscore_seq_file = oscore_seq_file
+        self.others = others
+        self.rate_per_source = rate_per_source  # 0: no limit (ingress/ratelimit.py)
+        self.rate_burst = rate_burst
+        self.credentials: Any = None  # oscore_ctx.RegistryCredentials when OSCORE is on
+        self.peers: dict[str, Any] = {}  # device -> remote of its last 2.04 (downlink/push.py)
         self._ctx: aiocoap.Context | None = None
         self._bound: tuple[str, int] | None = None
 
+    def _site(self) -> Any:
+        resource = ReadingResource(self.sink, max_payload=self.max_payload, oscore=self.oscore,
+                                   others=self.others)
+        resource.peers = self.peers
+        if self.oscore == "off":
+            return resource
+        # imported only when used: the wrapper pulls in aiocoap's OSCORE and EDHOC code
+        from .oscore_ctx import CountingSiteWrapper, RegistryCredentials
+
+        assert self.registry is not None and self.oscore_seq_file is not None
+        sink = self.sink
+        self.credentials = RegistryCredentials(self.registry, self.oscore_seq_file,
+                                               lambda reason: sink.rejected("coap", reason))
+        return CountingSiteWrapper(resource, self.credentials)
+
     async def start(self) -> None:
-        site = ReadingResource(self.sink, max_payload=self.max_payload)
+        _refuse_non_utf8_options()
+        site = self._site()
+        if self.rate_per_source > 0:
+            from .ratelimit import RateLimitedSite, TokenBuckets
+
+            sink = self.sink
+            site = RateLimitedSite(site, TokenBuckets(self.rate_per_source, self.rate_burst),
+                                   lambda reason: sink.rejected("coap", reason))
         try:
             self._ctx = await aiocoap.Context.create_server_context(
                 site, bind=(self.host, self.port), transports=["udp6"], loggername="machi.coap"
@@ -141,7 +244,7 @@ class CoapIngress(Ingress):
                 f"cannot listen for CoAP on [{self.host}]:{self.port}: {exc}"
             ) from exc
         self._bound = (self.host, self._local_port(self._ctx))
-        log.info("coap listening on [%s]:%d", *self._bound)
+        log.info("coap listening on [%s]:%d (oscore %s)", *self._bound, self.oscore)
 
     @staticmethod
     def _local_port(ctx: aiocoap.Context) -> int:
@@ -160,6 +263,8 @@ class CoapIngress(Ingress):
         if self._ctx is not None:
             ctx, self._ctx = self._ctx, None
             await ctx.shutdown()
+            if self.credentials is not None:  # no request is taken any more: exact windows
+                self.credentials.save_windows()
             log.info("coap stopped")
 
     @property

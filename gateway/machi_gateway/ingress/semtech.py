@@ -31,6 +31,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 import struct
 import time
@@ -39,8 +40,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ListenError, ResponseError
-from ..model import Value
-from .base import Ingress, Sink
+from ..model import Reading, Value
+from .base import Ingress, Receipt, Sink
 from .frames import DownlinkEncoder, FrameDecoder, Lookup, ack_downlink
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ _EUI_LEN = 8
 _WORKERS = 8
 _BACKLOG = 1024
 _WINDOW_MARGIN_S = 0.1  # a PULL_RESP must reach the forwarder before the window opens
+# the longest downlink within the AS923 400 ms dwell limit, 125 kHz (protocol-lora.md §5)
+_DWELL_MAX = {"SF7": 255, "SF8": 138, "SF9": 66, "SF10": 24, "SF11": 0, "SF12": 0}
+
+#: ``(short_id, seq, key, body) -> frame``: machi_gateway.lora.frame.encode_ack
+AckEncoder = Callable[[int, int, bytes, bytes], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,30 +91,44 @@ def parse_datagram(data: bytes) -> tuple[int, int, bytes, bytes]:
 
 
 def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    try:
+        v = float(x)
+    except OverflowError:  # JSON numbers are unbounded ints
+        return None
+    return v if math.isfinite(v) else None
 
 
 def parse_rxpk(eui: bytes, body: bytes, arrived: float) -> tuple[list[Uplink], int]:
     """The CRC-good ``rxpk`` entries of a PUSH_DATA body, and how many were dropped."""
     try:
         doc = json.loads(body) if body else {}
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # [[[[... nests
         raise ValueError(f"PUSH_DATA JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ValueError("PUSH_DATA JSON is not an object")
+    rxpk = doc.get("rxpk") or []
+    if not isinstance(rxpk, list):
+        raise ValueError("PUSH_DATA rxpk is not an array")
     out: list[Uplink] = []
     dropped = 0
-    for pk in doc.get("rxpk") or []:
+    for pk in rxpk:
         try:
             if (not isinstance(pk, dict) or pk.get("stat", 1) == -1
                     or pk.get("modu", "LORA") != "LORA"):
                 raise ValueError("bad CRC or not LoRa")
             payload = base64.b64decode(pk["data"], validate=True)
+            freq = float(pk["freq"])
+            if not math.isfinite(freq):
+                raise ValueError("freq is not finite")
             out.append(Uplink(eui=eui.hex(), payload=payload, tmst=int(pk["tmst"]),
-                              freq=float(pk["freq"]), datr=str(pk["datr"]),
+                              freq=freq, datr=str(pk["datr"]),
                               codr=str(pk.get("codr", "4/5")), rssi=_num(pk.get("rssi")),
                               snr=_num(pk.get("lsnr")), arrived=arrived))
-        except (KeyError, TypeError, ValueError, binascii.Error):
+        # OverflowError: int(Infinity), float(10**400); RecursionError: str() of nesting
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError,
+                binascii.Error):
             dropped += 1
     return out, dropped
 
@@ -142,7 +162,8 @@ class SemtechIngress(Ingress):
     def __init__(self, sink: Sink, *, decode: FrameDecoder, registry_lookup: Lookup,
                  host: str = "0.0.0.0", port: int = 1700, rx_delay_s: int = 1,
                  tx_power: int = 14, downlink: DownlinkEncoder = ack_downlink,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, confirm: bool = False,
+                 ack_encoder: AckEncoder | None = None) -> None:
         self.sink = sink
         self.decode = decode
         self.registry_lookup = registry_lookup
@@ -152,6 +173,8 @@ class SemtechIngress(Ingress):
         self.tx_power = tx_power
         self.encode_downlink = downlink
         self._clock = clock
+        self.confirm = confirm  # ack every durable frame (docs/protocol-lora.md §8)
+        self.encode_ack = ack_encoder
         self._transport: asyncio.DatagramTransport | None = None
         self._bound: tuple[str, int] | None = None
         self._queue: asyncio.Queue[Uplink] = asyncio.Queue(_BACKLOG)
@@ -159,7 +182,8 @@ class SemtechIngress(Ingress):
         self._pull_addr: dict[str, tuple[str, int]] = {}  # EUI -> where PULL_DATA came from
         self._tx_pending: dict[int, str] = {}  # PULL_RESP token -> device
         self.counters: dict[str, int] = {"push": 0, "pull": 0, "rxpk": 0, "downlinks": 0,
-                                         "tx_ok": 0, "tx_error": 0, "missed_window": 0}
+                                         "tx_ok": 0, "tx_error": 0, "missed_window": 0,
+                                         "acks": 0, "ack_trimmed": 0}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -239,7 +263,7 @@ class SemtechIngress(Ingress):
             try:
                 doc = json.loads(body)
                 error = str(doc.get("txpk_ack", {}).get("error", "NONE"))
-            except (ValueError, AttributeError, UnicodeDecodeError):
+            except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
                 error = "unparsable TX_ACK"
         if error == "NONE":
             self.counters["tx_ok"] += 1
@@ -278,6 +302,9 @@ class SemtechIngress(Ingress):
         except ResponseError as exc:
             log.warning("lora-udp %s seq %d: %s", reading.device, reading.seq, exc.detail)
             return
+        if self.confirm:
+            self._send_ack(up, reading, receipt)
+            return
         if not receipt.commands:
             return
         addr = self._pull_addr.get(up.eui)
@@ -300,3 +327,41 @@ class SemtechIngress(Ingress):
         self.counters["downlinks"] += 1
         log.info("lora-udp: downlink of %d bytes to %s (%d commands) via %s", len(body),
                  reading.device, len(receipt.commands), up.eui)
+
+    # ---- confirmed delivery (docs/protocol-lora.md §8) ------------------------------
+
+    def _send_ack(self, up: Uplink, reading: Reading, receipt: Receipt) -> None:
+        """The MIC'd ack of a durable frame (new or a repeat) in the node's RX window; its
+        body is the 2.04 payload, without the commands if they would break the dwell
+        limit (they then ride on a later ack)."""
+        device, seq = reading.device, reading.seq
+        addr = self._pull_addr.get(up.eui)
+        sid = reading.meta.get("short_id")  # the decoder's; else the frame's bytes 1..2
+        short_id = sid if isinstance(sid, int) else int.from_bytes(up.payload[1:3], "big")
+        dev = self.registry_lookup(short_id)
+        key = getattr(dev, "key", None)
+        if addr is None or not key:
+            log.warning("lora-udp: cannot ack %s seq %d (%s)", device, seq,
+                        f"no PULL_DATA from {up.eui}" if addr is None else "no key")
+            return
+        if time.monotonic() - up.arrived > self.rx_delay_s - _WINDOW_MARGIN_S:
+            self.counters["missed_window"] += 1
+            log.warning("lora-udp: RX window of %s seq %d missed; its retry is acked", device,
+                        seq)
+            return
+        if self.encode_ack is None:
+            from ..lora.frame import encode_ack
+            self.encode_ack = encode_ack
+        body = self.encode_ack(short_id, seq, key, receipt.payload())
+        limit = _DWELL_MAX.get(up.datr.split("BW")[0], 255)
+        if len(body) > limit and receipt.commands:
+            self.counters["ack_trimmed"] += 1
+            body = self.encode_ack(short_id, seq, key, replace(receipt, commands=()).payload())
+        token = int.from_bytes(os.urandom(2), "big")
+        self._tx_pending[token] = device
+        if len(self._tx_pending) > 256:
+            self._tx_pending.pop(next(iter(self._tx_pending)))
+        doc = txpk(up, body, rx_delay_s=self.rx_delay_s, power=self.tx_power)
+        self._send(_HEADER.pack(VERSION, token, PULL_RESP) + json.dumps(doc).encode(), addr)
+        self.counters["acks"] += 1
+        self.counters["downlinks"] += 1

@@ -245,3 +245,41 @@ def _cbor_array(items: Sequence[int | None]) -> bytes:
         else:
             out += head(1, -1 - k)
     return bytes(out)
+
+
+# ------------------------------------------------------------------ the ack downlink
+
+ACK_TYPE = 0x80  # byte 0 of an ack: outside the profile ids, so never an uplink
+
+
+def encode_ack(short_id: int, seq: int, key: bytes, body: bytes = b"") -> bytes:
+    """The ack the gateway sends in the node's RX window once ``seq`` is durable
+    (docs/protocol-lora.md §8): ``0x80 | short id | seq varint | body | MIC``; ``body`` is
+    the CoAP 2.04 payload (CBOR ``{1: time, 2: commands}``)."""
+    if not 0 <= short_id <= 0xFFFF:
+        raise ValueError("short id must be a uint16")
+    if not 0 <= seq < SEQ_LIMIT:
+        raise ValueError("seq out of range")
+    out = bytearray([ACK_TYPE]) + short_id.to_bytes(2, "big")
+    n = seq
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            break
+    out += body
+    return bytes(out + mic(key, bytes(out)))
+
+
+def decode_ack(frame: bytes, key: bytes) -> tuple[int, int, bytes]:
+    """(short id, seq, body) of an ack; ValueError if it is none or its MIC is wrong."""
+    if len(frame) < 4 + MIC_LEN or frame[0] != ACK_TYPE:
+        raise ValueError("not an ack frame")
+    end = len(frame) - MIC_LEN
+    if not hmac.compare_digest(mic(key, frame[:end]), frame[end:]):
+        raise ValueError("ack MIC does not match")
+    try:
+        seq, pos = _varint(frame, 3, end)
+    except BadReading as exc:
+        raise ValueError(str(exc)) from exc
+    return int.from_bytes(frame[1:3], "big"), seq, frame[pos:end]

@@ -1,0 +1,155 @@
+"""Confirmed LoRa delivery (docs/protocol-lora.md §8): the ack frame's codec, and the Semtech
+ingress with ``confirm=True`` answering every durable frame with a MIC'd ack in the node's
+RX window; a replayed frame is acked again but stored once; a bad MIC is counted, dropped
+and never acked; commands ride in the ack unless they would break the dwell limit."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import cbor2
+import pytest
+
+from machi_gateway.downlink.queue import CloudCommand
+from machi_gateway.ingress.semtech import SemtechIngress, parse_datagram
+from machi_gateway.lora.frame import ACK_TYPE, decode, decode_ack, encode, encode_ack
+from machi_gateway.lora.profiles import table
+
+KEY = bytes(16)  # the conftest registry's key for every device
+OTHER = bytes(range(16))
+EUI = bytes.fromhex("aa555a0000000001")
+
+
+def test_ack_layout_and_vector() -> None:
+    # the same bytes firmware/tests/mp/test_lora_client.py checks under MicroPython
+    body = cbor2.dumps({1: 1795390000})
+    assert encode_ack(257, 1234, OTHER, body).hex() == "800101d209a1011a6b037a303ea128da"
+    assert encode_ack(257, 5, OTHER).hex() == "800101054b7fd783"
+    frame = encode_ack(0xBEEF, 2**40, KEY, b"xyz")
+    assert frame[0] == ACK_TYPE and frame[1:3] == b"\xbe\xef"
+    assert decode_ack(frame, KEY) == (0xBEEF, 2**40, b"xyz")
+
+
+@pytest.mark.parametrize("bad", ["mic", "type", "short"])
+def test_ack_refuses_what_is_not_one(bad: str) -> None:
+    frame = bytearray(encode_ack(7, 9, KEY))
+    if bad == "mic":
+        frame[-1] ^= 1
+    elif bad == "type":
+        frame[0] = 1
+    else:
+        frame = frame[:5]
+    with pytest.raises(ValueError):
+        decode_ack(bytes(frame), KEY)
+    with pytest.raises(ValueError):
+        encode_ack(70000, 1, KEY)
+
+
+class Forwarder:
+    def __init__(self, port: int) -> None:
+        self.server = ("127.0.0.1", port)
+        self.up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (self.up, self.down):
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+
+    async def recv(self, sock: socket.socket, within: float = 10) -> bytes:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(within):
+            return await loop.sock_recv(sock, 4096)
+
+    async def push(self, token: int, frame: bytes, datr: str = "SF10BW125") -> None:
+        pk = {"tmst": 1_000_000 + token, "freq": 923.2, "stat": 1, "modu": "LORA",
+              "datr": datr, "codr": "4/5", "rssi": -90, "lsnr": 5.0, "size": len(frame),
+              "data": base64.b64encode(frame).decode()}
+        self.up.sendto(struct.pack(">BHB", 2, token, 0) + EUI
+                       + json.dumps({"rxpk": [pk]}).encode(), self.server)
+        assert (await self.recv(self.up))[3] == 1  # PUSH_ACK
+
+    async def ack(self) -> tuple[dict[str, Any], bytes]:
+        """The next PULL_RESP: (txpk, its payload)."""
+        while True:
+            ident, _, _, body = parse_datagram(await self.recv(self.down))
+            if ident == 3:
+                tx = json.loads(body)["txpk"]
+                return tx, base64.b64decode(tx["data"])
+
+    def close(self) -> None:
+        self.up.close()
+        self.down.close()
+
+
+@pytest.fixture
+async def fwd(parts: Any) -> AsyncIterator[tuple[Forwarder, SemtechIngress]]:
+    ingress = SemtechIngress(parts.core, decode=decode,
+                             registry_lookup=parts.registry.by_short_id,
+                             host="127.0.0.1", port=0, confirm=True)
+    async with ingress:
+        f = Forwarder(ingress.address[1])
+        f.down.sendto(struct.pack(">BHB", 2, 1, 2) + EUI, f.server)  # PULL_DATA
+        assert (await f.recv(f.down))[3] == 4
+        try:
+            yield f, ingress
+        finally:
+            f.close()
+
+
+def _frame(short_id: int, seq: int, key: bytes = KEY) -> bytes:
+    return encode(table()[1], short_id, seq, key, {"temp": 21.5, "hum": 40})
+
+
+async def test_every_durable_frame_is_acked_and_a_replay_is_stored_once(
+    parts: Any, fwd: tuple[Forwarder, SemtechIngress], until: Any, lora: Any
+) -> None:
+    f, ingress = fwd
+    sid = lora.short_ids["env-0001"]
+    frame = _frame(sid, 42)
+    await f.push(10, frame)
+    tx, payload = await f.ack()
+    assert tx["tmst"] == 1_000_010 + 1_000_000 and tx["ipol"] is True and tx["imme"] is False
+    short_id, seq, body = decode_ack(payload, KEY)
+    assert (short_id, seq) == (sid, 42)
+    assert isinstance(cbor2.loads(body)[1], int)  # the gateway time, as in a 2.04
+    await f.push(11, frame)  # the node missed the ack and sends again: a replay
+    _, again = await f.ack()
+    assert decode_ack(again, KEY)[:2] == (sid, 42)
+    assert parts.store.depth == 1
+    [r] = await parts.store.oldest(5)
+    assert (r.device, r.seq) == ("env-0001", 42)
+    assert ingress.counters["acks"] == 2
+
+
+async def test_a_bad_mic_is_counted_dropped_and_not_acked(
+    parts: Any, fwd: tuple[Forwarder, SemtechIngress], until: Any, lora: Any
+) -> None:
+    f, ingress = fwd
+    sid = lora.short_ids["env-0003"]
+    await f.push(20, _frame(sid, 1, key=OTHER))
+    await until(lambda: parts.stats.rejected["bad-mic"] == 1)
+    await f.push(21, _frame(sid, 2))  # the next good frame is the first ack that comes
+    _, payload = await f.ack()
+    assert decode_ack(payload, KEY)[1] == 2
+    assert parts.store.depth == 1 and ingress.counters["acks"] == 1
+
+
+async def test_commands_ride_in_the_ack_unless_too_long_for_the_dwell_limit(
+    parts: Any, fwd: tuple[Forwarder, SemtechIngress], lora: Any
+) -> None:
+    f, ingress = fwd
+    sid = lora.short_ids["env-0003"]
+    await parts.commands.add([CloudCommand(id="c-1", device="env-0003", name="on", args={})])
+    await f.push(30, _frame(sid, 5), datr="SF7BW125")
+    _, payload = await f.ack()
+    [cmd] = cbor2.loads(decode_ack(payload, KEY)[2])[2]
+    assert cmd[:3] == [0, "on", {}]
+    await f.push(31, _frame(sid, 6), datr="SF10BW125")  # 24 bytes at most: time only
+    _, payload = await f.ack()
+    assert len(payload) <= 24 and 2 not in cbor2.loads(decode_ack(payload, KEY)[2])
+    assert ingress.counters["ack_trimmed"] == 1
