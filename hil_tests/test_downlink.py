@@ -7,12 +7,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from machi_tools.cloudapi import CloudClient
 from machi_tools.system import Cloud, CoapProfile, Fleet, Gateway, fleet_specs
 
 ADMIN = secrets.token_urlsafe(16)
@@ -27,13 +29,14 @@ def system(workdir: Path) -> Iterator[tuple[Cloud, Gateway, Fleet]]:
     try:
         cloud.start()
         specs = fleet_specs({"light": 1, "env": 1}, interval_s=0.3)
-        with httpx.Client(base_url=cloud.url, timeout=10,
-                          headers={"Authorization": f"Bearer {ADMIN}"}) as admin:
+        # registered as `machi provision` does: the cloud's key and short id go to the node
+        # (OSCORE) and, by the registry sync, to the gateway
+        with CloudClient(cloud.url, ADMIN) as admin:
             for i, spec in enumerate(specs):
-                resp = admin.put(f"/v1/devices/{spec.device_id}", json={
+                reg = admin.register(spec.device_id, {
                     "type": spec.type, "gateway": cloud.gateway_id, "site": "hil",
                     "lat": 36.115 + i / 1000, "lon": 137.954, "transport": "coap"})
-                assert resp.status_code in (200, 201), resp.text
+                specs[i] = replace(spec, short_id=reg.short_id, key=reg.key.hex())
         gateway = Gateway(workdir=workdir, cloud_url=cloud.url, token=cloud.token,
                           devices_sync=True, downlink=True, batch_age_s=0.3)
         gateway.start()

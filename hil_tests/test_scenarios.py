@@ -30,4 +30,5 @@ def test_scenario_delivers_exactly_once(path: Path, tmp_path: Path) -> None:
     # the faults really happened: a scenario that injects nothing proves nothing
     injected = {k: v for k, v in {**report.udp_proxy, **report.http_proxy}.items()
                 if k not in ("up_in", "up_out", "down_in", "down_out", "requests", "forwarded")}
+    injected.update({k: v for k, v in report.radio.items() if k in ("up_lost", "down_lost")})
     assert injected or scenario.process_faults, f"no fault was injected: {report.summary()}"

@@ -35,6 +35,8 @@ _BOARD_ONLY = {
     "boards/bootstate.py": "esp32",
     "boards/unix.py": "unix",
     "boards/scenario.py": "unix",
+    "boards/slots_esp32.py": "esp32",
+    "boards/slots_unix.py": "unix",
 }
 _MARCH = {"esp32": "xtensawin", "unix": None}
 _MPY_ERROR = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')

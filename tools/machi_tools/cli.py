@@ -28,6 +28,13 @@ examples:
   machi demo                                  cloud + gateway + 8 emulated nodes, live summary
   machi demo --duration 30 --env 5            stop by itself after 30 s
   machi fleet --gateway 127.0.0.1:5683 --env 10 --bin 5 --devices-file devices.json
+  machi fleet --gateway 127.0.0.1:5683 --lora-gateway 127.0.0.1:1700 --env 0 \\
+        --mix env:lora=3,bin:nbiot=2,light=1 --radio-loss 0.1 --devices-file devices.json
+                                              3 LoRa env nodes behind a virtual concentrator,
+                                              2 NB-IoT bins through emulated modems, 1 UDP light
+  machi fleet --gateway 127.0.0.1:5683 --env 4 --transport lora --lora-gateway 127.0.0.1:1700
+  machi fleet --gateway 127.0.0.1:5683 --env 5 --loss 0.2 --duplicate 0.1 --reorder 0.1 \\
+        --delay 0.05 --seed 3                   UDP nodes through the fault proxy
 """
 
 
@@ -46,6 +53,52 @@ def _add_fleet_counts(p: argparse.ArgumentParser, env: int, bins: int, lights: i
                    help=f"streetlights (default {lights})")
     p.add_argument("--interval", type=float, default=2.0,
                    help="seconds between samples (default 2)")
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability 0..1, got {text!r}")
+    return value
+
+
+def _mix(text: str) -> dict[tuple[str, str], int]:
+    from .system import parse_mix
+
+    try:
+        return parse_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_fleet_transports(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group("transports (how the nodes send)")
+    t.add_argument("--transport", choices=("udp", "lora", "nbiot"), default="udp",
+                   help="for the --env/--bin/--light nodes (default udp: CoAP over UDP)")
+    t.add_argument("--mix", type=_mix, default={}, metavar="TYPE[:TRANSPORT]=N,...",
+                   help="more nodes by type and transport, e.g. env:lora=3,bin:nbiot=2,light=1 "
+                        "(transport udp if left out; numbering continues after the counts)")
+    t.add_argument("--lora-gateway", type=_gateway_addr, default=None, metavar="HOST:PORT",
+                   help="the gateway's Semtech UDP port ([lora_udp]); LoRa nodes reach it "
+                        "through a virtual concentrator that this command starts")
+    t.add_argument("--radio-loss", type=_probability, default=0.0, metavar="P",
+                   help="share of LoRa frames and of acks lost on the air (default 0)")
+    t.add_argument("--lora-budget", type=float, default=36.0, metavar="S",
+                   help="LoRa airtime each node may use per hour, seconds (default 36: a 1 %% "
+                        "duty cycle; set what your regulator allows)")
+    f = p.add_argument_group("faults (UDP and NB-IoT nodes: a fault proxy before --gateway)")
+    f.add_argument("--loss", type=_probability, default=0.0, metavar="P",
+                   help="share of datagrams lost, each direction")
+    f.add_argument("--duplicate", type=_probability, default=0.0, metavar="P",
+                   help="share of datagrams delivered twice")
+    f.add_argument("--reorder", type=_probability, default=0.0, metavar="P",
+                   help="share of datagrams held back behind a later one")
+    f.add_argument("--delay", type=float, default=0.0, metavar="S",
+                   help="seconds added to every datagram")
+    f.add_argument("--seed", type=int, default=1, help="one seed for every fault (default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,14 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the gateway's device registry (JSON) here")
     fleet.add_argument("--ack-timeout", type=float, default=2.0,
                        help="CoAP ACK_TIMEOUT in seconds (default 2, RFC 7252)")
+    _add_fleet_transports(fleet)
     from .cli_field import add_field_commands
 
     add_field_commands(sub)
+    from .release import add_release_command
+
+    add_release_command(sub)
     audit = sub.add_parser("audit", help="check the cloud's hash-chained audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser(
         "verify", help="detect edited, deleted or reordered audit entries (exit 1 if any)")
-    verify.add_argument("--db", required=True, help="the machi-cloud SQLite file")
+    where = verify.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="the machi-cloud SQLite file")
+    where.add_argument("--database-url", help="the machi-cloud PostgreSQL database URL")
     return parser
 
 
@@ -96,6 +155,8 @@ def cmd_audit_verify(args: argparse.Namespace, console: Console) -> int:
     except ImportError:
         console.print("[red]error:[/] the cloud package is not installed: pip install '.[cloud]'")
         return 1
+    if args.database_url:
+        return audit_main(["--database-url", args.database_url])
     return audit_main(["--db", args.db])
 
 
@@ -110,21 +171,50 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace, console: Console) -> int:
-    from .system import CoapProfile, Fleet, fleet_specs, write_devices_file
+    from .system import CoapProfile, Fleet, mix_specs, start_fault_proxy, write_devices_file
 
-    specs = fleet_specs({"env": args.env, "bin": args.bins, "light": args.lights},
-                        interval_s=args.interval, count=args.count)
+    mix = {(t, args.transport): n for t, n in
+           (("env", args.env), ("bin", args.bins), ("light", args.lights)) if n}
+    for key, n in args.mix.items():
+        mix[key] = mix.get(key, 0) + n
+    specs = mix_specs(mix, interval_s=args.interval, count=args.count) if mix else []
     if not specs:
-        console.print("[red]no nodes asked for[/]: give --env/--bin/--light counts")
+        console.print("[red]no nodes asked for[/]: give --env/--bin/--light counts or --mix")
+        return 2
+    if any(s.transport == "lora" for s in specs) and args.lora_gateway is None:
+        console.print("[red]LoRa nodes need --lora-gateway HOST:PORT[/] (the gateway's "
+                      "[lora_udp] port)")
+        return 2
+    if not 0 < args.lora_budget <= 3600:
+        console.print("[red]--lora-budget must be 0 < S <= 3600[/]")
         return 2
     if args.devices_file:
         write_devices_file(args.devices_file, specs)
         console.print(f"device registry written to {args.devices_file}")
-    fleet = Fleet(specs=specs, workdir=args.workdir.resolve(), gateway=args.gateway,
-                  coap=CoapProfile(ack_timeout_s=args.ack_timeout))
-    fleet.start()
-    console.print(f"{len(specs)} nodes -> coap://{args.gateway[0]}:{args.gateway[1]}/r, "
-                  f"logs in {args.workdir}/logs")
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    target, proxy = args.gateway, None
+    if args.loss or args.duplicate or args.reorder or args.delay:
+        proxy = start_fault_proxy(workdir, args.gateway, seed=args.seed, loss=args.loss,
+                                  duplicate=args.duplicate, reorder=args.reorder,
+                                  delay=args.delay)
+        target = proxy[1]
+        console.print(f"fault proxy on {target[0]}:{target[1]} -> {args.gateway[0]}:"
+                      f"{args.gateway[1]}")
+    fleet = Fleet(specs=specs, workdir=workdir, gateway=target,
+                  coap=CoapProfile(ack_timeout_s=args.ack_timeout),
+                  lora_gateway=args.lora_gateway, radio_loss=args.radio_loss,
+                  lora_budget_s=args.lora_budget, seed=args.seed)
+    try:
+        fleet.start()
+    except Exception:
+        fleet.stop()
+        if proxy is not None:
+            proxy[0].stop()
+        raise
+    by = {t: sum(1 for s in specs if s.transport == t) for t in ("udp", "lora", "nbiot")}
+    console.print(f"{len(specs)} nodes ({', '.join(f'{n} {t}' for t, n in by.items() if n)}) "
+                  f"-> coap://{args.gateway[0]}:{args.gateway[1]}/r, logs in {args.workdir}/logs")
     try:
         while any(n.process and n.process.alive() for n in fleet.nodes):
             time.sleep(0.5)
@@ -132,6 +222,8 @@ def cmd_fleet(args: argparse.Namespace, console: Console) -> int:
         console.print("stopping...")
     finally:
         fleet.stop()
+        if proxy is not None:
+            proxy[0].stop()
     failed = 0
     for node in fleet.nodes:
         rec, acked = node.recorded_seqs(), node.acked_seqs()
@@ -159,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_fleet(args, console)
         if args.command == "audit":
             return cmd_audit_verify(args, console)
+        if args.command == "release":
+            from .release import run_release
+
+            return run_release(args, console)
         from .cli_field import run_field_command
 
         return run_field_command(args, console)

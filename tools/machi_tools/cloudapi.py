@@ -7,7 +7,7 @@ to their `detail`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -33,7 +33,18 @@ class CloudError(RuntimeError):
 class Registration:
     device: str
     created: bool
-    key: bytes
+    key: bytes = field(repr=False)  # never in a log line or a traceback's locals repr
+    short_id: int | None = None  # the cloud-assigned 16-bit id (OSCORE kid, LoRa address)
+
+
+def _short_id(data: dict[str, Any], where: str) -> int | None:
+    """The registration's `short_id`, checked; None when the answer has none."""
+    sid = data.get("short_id")
+    if sid is None:
+        return None
+    if not isinstance(sid, int) or isinstance(sid, bool) or not 0 <= sid <= 0xFFFF:
+        raise CloudError(f"{where}: the cloud answered short_id {sid!r}, expected 0..65535")
+    return sid
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -100,8 +111,15 @@ class CloudClient:
 
     def put_device(self, device: str, body: dict[str, Any]) -> bool:
         """Register or update; True when the device was created."""
+        return self._put_device(device, body)[0]
+
+    def _put_device(self, device: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         resp = self._call("PUT", f"/v1/devices/{device}", json=body, expect=(200, 201))
-        return resp.status_code == 201
+        try:
+            data = resp.json()
+        except ValueError:
+            data = {}
+        return resp.status_code == 201, data if isinstance(data, dict) else {}
 
     def new_key(self, device: str) -> bytes:
         resp = self._call("POST", f"/v1/devices/{device}/keys", expect=(200, 201))
@@ -116,8 +134,22 @@ class CloudClient:
         return key
 
     def register(self, device: str, body: dict[str, Any]) -> Registration:
-        created = self.put_device(device, body)
-        return Registration(device=device, created=created, key=self.new_key(device))
+        """PUT the registration, issue a new key, and learn the short id the cloud gave the
+        device: from the PUT's answer, else (an older cloud) from `GET /v1/devices/{id}`."""
+        created, answer = self._put_device(device, body)
+        key = self.new_key(device)
+        short_id = _short_id(answer, f"PUT /v1/devices/{device}")
+        if short_id is None:
+            short_id = self.short_id(device)
+        return Registration(device=device, created=created, key=key, short_id=short_id)
+
+    def short_id(self, device: str) -> int | None:
+        """The device's short id from `GET /v1/devices/{id}`; None when it has none."""
+        data = self.device(device)
+        if data is None:
+            raise CloudError(f"GET /v1/devices/{device}: the cloud does not know the device "
+                             "it has just registered: check --cloud", status=404)
+        return _short_id(data, f"GET /v1/devices/{device}")
 
     def device(self, device: str) -> dict[str, Any] | None:
         resp = self._call("GET", f"/v1/devices/{device}", expect=(200, 404))

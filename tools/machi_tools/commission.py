@@ -1,11 +1,11 @@
 """BLE commissioning, the host's side: send a node its config.json over Bluetooth LE.
 
-For boards without USB access (sealed enclosures). The frame format and the node's side are in
-`mp_commission.py` (MicroPython): BEGIN (length, CRC-32), CHUNKs of up to 16 bytes at explicit
-offsets, COMMIT; each frame is written to the RX characteristic and answered by one
-notification on TX (stop-and-wait, so it works at the default ATT MTU of 23). A lost answer is
-recovered by resending: the node answers a chunk it already has with "out of order, expected
-N" and the host continues from N.
+For boards without USB access (sealed enclosures). The frame format and the node's side are
+in `firmware/lib/commission.py` (MicroPython): BEGIN (length, CRC-32), CHUNKs of up to 16
+bytes at explicit offsets, COMMIT; each frame is written to the RX characteristic and answered
+by one notification on TX (stop-and-wait, so it works at the default ATT MTU of 23). A lost
+answer is recovered by resending: the node answers a chunk it already has with "out of order,
+expected N" and the host continues from N.
 
 Links: `BleLink` (bleak, a real adapter; not exercised by the tests, which have no radio) and
 `StreamLink` (length-prefixed frames over a pipe: the tests run the node's side under the real
@@ -20,18 +20,11 @@ import zlib
 from collections.abc import Iterator
 from typing import Protocol
 
-from .mp_commission import (
-    ABORT,
-    BADCFG,
-    BEGIN,
-    CHUNK,
-    CHUNK_MAX,
-    COMMIT,
-    CRC,
-    OK,
-    ORDER,
-    TOOBIG,
-)
+# The frame types and statuses, as the node's side (firmware/lib/commission.py) has them;
+# tools/tests/test_commission.py proves the two copies equal.
+BEGIN, CHUNK, COMMIT, ABORT = 1, 2, 3, 4
+OK, ORDER, CRC, BADCFG, TOOBIG = 0, 1, 2, 3, 4
+CHUNK_MAX = 16
 
 SERVICE_UUID = "6d616368-6901-4000-8000-00000000c0f1"
 RX_UUID = "6d616368-6901-4000-8000-00000000c0f2"  # host writes

@@ -4,13 +4,18 @@ Starts the cloud (SQLite), the gateway and a small fleet of emulated nodes runni
 firmware on the real MicroPython interpreter, then polls the cloud's API and shows what has
 arrived. Ctrl-C (or `--duration`) stops the nodes first, then the gateway (which flushes its
 queue to the cloud), then the cloud.
+
+Every node is registered with the cloud as `machi provision` would do it: the cloud assigns
+its short id and issues its key, both go into the gateway's devices file and the node's
+`oscore` config section, and the gateway runs with `oscore = "required"`: every reading
+travels OSCORE-protected (docs/security.md §2.9).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .cloudapi import CloudClient
 from .system import Cloud, Fleet, Gateway, NodeSpec, fleet_specs, write_devices_file
 
 SHOWN_METRICS = ("temp", "hum", "pm25", "fill", "lamp", "dim", "power", "bat")
@@ -73,18 +79,24 @@ def summary_table(devices: list[dict[str, Any]], expected: list[str], now: float
 _ORIGIN = (36.1150, 137.9540)
 
 
-def register_on_map(url: str, admin_token: str, gateway_id: str, specs: list[NodeSpec]) -> None:
+def register_on_map(url: str, admin_token: str, gateway_id: str,
+                    specs: list[NodeSpec]) -> list[NodeSpec]:
     """Register every node with the cloud, with coordinates, so the dashboard's map and the
-    streetlight controls have something to show (as `machi provision` does for real ones)."""
-    with httpx.Client(base_url=url, timeout=10,
-                      headers={"Authorization": f"Bearer {admin_token}"}) as client:
+    streetlight controls have something to show, and have the cloud issue its key (as
+    `machi provision` does for real ones). Returns the specs with the cloud's short id and
+    key: the node's OSCORE identity."""
+    out = []
+    with CloudClient(url, admin_token) as cloud:
         for i, spec in enumerate(specs):
             lat = _ORIGIN[0] + (i // 3) * 0.004 - 0.004
             lon = _ORIGIN[1] + (i % 3) * 0.005 - 0.005
-            resp = client.put(f"/v1/devices/{spec.device_id}", json={
+            reg = cloud.register(spec.device_id, {
                 "type": spec.type, "gateway": gateway_id, "site": "demo", "lat": round(lat, 5),
                 "lon": round(lon, 5), "transport": "coap"})
-            resp.raise_for_status()
+            if reg.short_id is None:
+                raise RuntimeError(f"the cloud gave {spec.device_id} no short id")
+            out.append(replace(spec, short_id=reg.short_id, key=reg.key.hex()))
+    return out
 
 
 def run_demo(options: DemoOptions, console: Console) -> int:
@@ -106,15 +118,18 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         with console.status("starting the cloud (machi-cloud, SQLite)..."):
             url = cloud.start()
         console.print(f"[green]cloud[/] {url}   dashboard: {url}/   API docs: {url}/docs")
-        register_on_map(url, admin, cloud.gateway_id, specs)
+        specs = register_on_map(url, admin, cloud.gateway_id, specs)
         console.print(f"       operator token for the dashboard's streetlight controls: {operator}")
-        gateway = Gateway(workdir=workdir, cloud_url=url, token=cloud.token, downlink=True)
+        gateway = Gateway(workdir=workdir, cloud_url=url, token=cloud.token, downlink=True,
+                          oscore="required")
         write_devices_file(gateway.devices_path, specs)
         with console.status("starting the gateway (machi-gateway, CoAP)..."):
             coap = gateway.start()
         console.print(
             f"[green]gateway[/] coap://{coap[0]}:{coap[1]}/r   health: {gateway.health_url}/healthz"
         )
+        console.print("[green]OSCORE on[/]: every node has its own key and short id from the "
+                      "cloud; the gateway requires OSCORE (plain CoAP is refused)")
         fleet = Fleet(specs=specs, workdir=workdir, gateway=coap)
         fleet.start()
         console.print(

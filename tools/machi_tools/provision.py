@@ -8,7 +8,10 @@ Steps (each idempotent, so re-running on a provisioned board updates it):
  4. copy the firmware files whose sha256 differs on the board (one hashing round trip), remove
     firmware files the build no longer has (a stale `.py` would shadow its `.mpy`)
  5. write `config.json` (lib/nodeconfig.py's format) and `identity.json` (device id, key, site,
-    location, firmware version: what the label shows; the key never leaves the board again)
+    location, firmware version: what the label shows; the key never leaves the board again).
+    A CoAP node's config gets the `oscore` section (docs/security.md §2.9): the key and the
+    short id the cloud assigned, so the gateway (which syncs both from the cloud) can check
+    every request. The key is never printed, logged or put in the `--json` result.
  6. self-test on the board: import every module of the build, a CBOR round trip, the config
     checked by the firmware's own nodeconfig.load()
 
@@ -79,6 +82,8 @@ class ProvisionResult:
     removed: list[str] = field(default_factory=list)
     selftest: dict[str, Any] = field(default_factory=dict)
     took_s: float = 0.0
+    short_id: int | None = None  # the cloud's, also the node's OSCORE Sender ID
+    oscore: bool = False  # config.json has the `oscore` section
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,11 +101,31 @@ def new_device_id(node_type: str) -> str:
     return f"{node_type}-{secrets.token_hex(3)}"
 
 
+def oscore_section(old: dict[str, Any] | None, *, key: bytes, short_id: int | None,
+                   registered: bool, transport: str) -> dict[str, Any] | None:
+    """The node's `oscore` config section (docs/security.md §2.9), or None for none.
+
+    Registered now: the key just issued and the cloud's short id. Not registered (no
+    `--cloud`): the board's old section is kept only while it still holds the same key; a
+    LoRa node never gets one (its frames carry their own MIC)."""
+    if transport == "lora" or (old or {}).get("transport") == "lora":
+        return None
+    if registered:
+        return None if short_id is None else {"key": key.hex(), "short_id": short_id}
+    prev = (old or {}).get("oscore")
+    if isinstance(prev, dict) and prev.get("key") == key.hex():
+        return dict(prev)
+    return None
+
+
 def node_config(opts: ProvisionOptions, *, device_id: str, node_type: str, cwd: str,
                 old: dict[str, Any] | None, lat: float | None, lon: float | None,
-                kind: str) -> dict[str, Any]:
+                kind: str, oscore: dict[str, Any] | None = None) -> dict[str, Any]:
     """The board's config.json: the old one updated with what this run says."""
     cfg: dict[str, Any] = dict(old or {})
+    cfg.pop("oscore", None)
+    if oscore is not None:
+        cfg["oscore"] = oscore
     root = cwd.rstrip("/")
     gw = opts.gateway_addr
     if gw is None and not (old and "gateway" in old):
@@ -229,7 +254,7 @@ def provision(opts: ProvisionOptions, *, step: Callable[[str], None] = lambda s:
             raise BuildError(f"the build in {build_dir} is for {manifest.board} but the board "
                              f"is {kind}: `machi build --board {kind}`")
 
-        registered, created = False, None
+        registered, created, short_id = False, None, None
         key = bytes.fromhex(old_ident["key"]) if old_ident.get("key") and \
             old_ident.get("device") == device_id else secrets.token_bytes(16)
         if opts.cloud:
@@ -243,7 +268,9 @@ def provision(opts: ProvisionOptions, *, step: Callable[[str], None] = lambda s:
                 body.update({"lat": lat, "lon": lon})
             with CloudClient(opts.cloud, opts.admin_token) as cloud:
                 reg = cloud.register(device_id, body)
-            registered, created, key = True, reg.created, reg.key
+            registered, created, key, short_id = True, reg.created, reg.key, reg.short_id
+            if short_id is None and opts.transport != "lora":
+                step(f"[yellow]the cloud gave {device_id} no short id: no OSCORE section[/]")
 
         step("comparing files on the board")
         on_board = board.hashes(manifest.files)
@@ -267,9 +294,16 @@ def provision(opts: ProvisionOptions, *, step: Callable[[str], None] = lambda s:
         board.write_file("manifest.json", json.dumps(manifest.to_json()).encode())
 
         step("writing config.json and identity.json")
+        osc = oscore_section(old_cfg, key=key, short_id=short_id, registered=registered,
+                             transport=opts.transport)
         cfg = node_config(opts, device_id=device_id, node_type=node_type,
-                          cwd=str(info["cwd"]), old=old_cfg, lat=lat, lon=lon, kind=kind)
+                          cwd=str(info["cwd"]), old=old_cfg, lat=lat, lon=lon, kind=kind,
+                          oscore=osc)
         board.write_file("config.json", json.dumps(cfg).encode())
+        result.oscore = osc is not None
+        result.short_id = osc["short_id"] if osc is not None else short_id
+        if osc is not None:
+            step(f"OSCORE on: short id {osc['short_id']}, key written to the board only")
         ident = {"device": device_id, "type": node_type, "key": key.hex(), "site": site,
                  "lat": lat, "lon": lon, "gateway": opts.gateway_id,
                  "firmware": manifest.version, "provisioned": int(time.time())}
@@ -282,4 +316,4 @@ def provision(opts: ProvisionOptions, *, step: Callable[[str], None] = lambda s:
 
 
 __all__ = ["BoardError", "ProvisionOptions", "ProvisionResult", "SelfTestError",
-           "node_config", "provision", "selftest"]
+           "node_config", "oscore_section", "provision", "selftest"]

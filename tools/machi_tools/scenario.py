@@ -26,7 +26,15 @@ from typing import Any
 import httpx
 
 from .procs import ManagedProcess, executable
-from .system import Cloud, CoapProfile, Fleet, Gateway, fleet_specs, write_devices_file
+from .system import (
+    Cloud,
+    CoapProfile,
+    Fleet,
+    Gateway,
+    fleet_specs,
+    with_radio_ids,
+    write_devices_file,
+)
 
 ACTIONS = {"kill_gateway", "restart_gateway", "kill_cloud", "restart_cloud", "power_cut_nodes"}
 
@@ -56,6 +64,16 @@ class Scenario:
     http_faults: dict[str, Any] = field(default_factory=dict)
     process_faults: tuple[ProcessFault, ...] = ()
     timeout_s: float = 180.0
+    # emulated nodes per MicroPython process (firmware/multi.py); 1: one process each
+    nodes_per_process: int = 1
+    # how the nodes send: udp (CoAP, through the UDP fault proxy), lora (compact frames
+    # through the virtual concentrator, which loses radio_loss of frames and of acks)
+    transport: str = "udp"
+    radio_loss: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.nodes_per_process < 1:
+            raise ValueError(f"nodes_per_process must be >= 1, not {self.nodes_per_process}")
 
     @classmethod
     def load(cls, path: Path, *, seed: int | None = None) -> Scenario:
@@ -82,8 +100,12 @@ class Report:
     ack_ms: dict[str, float] = field(default_factory=dict)
     udp_proxy: dict[str, int] = field(default_factory=dict)
     http_proxy: dict[str, int] = field(default_factory=dict)
+    radio: dict[str, int] = field(default_factory=dict)  # the virtual concentrator's counters
     node_exit_codes: dict[str, int | None] = field(default_factory=dict)
     gateway_resources: dict[str, float] = field(default_factory=dict)
+    # the node processes: how many, peak RSS (largest and sum) and CPU time, sampled each
+    # second while the nodes drain
+    node_resources: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -100,7 +122,9 @@ class Report:
             f"{self.stored}, lost {lost}, duplicated {dup}, rejected {self.rejected or 0}, "
             f"dropped by nodes {self.dropped_by_nodes}, ACK latency ms {self.ack_ms}, "
             f"{self.seconds:.1f}s; gateway {self.gateway_resources}; "
+            f"node processes {self.node_resources}; "
             f"udp proxy {self.udp_proxy}; http proxy {self.http_proxy}"
+            + (f"; radio {self.radio}" if self.radio else "")
             + ("" if self.ok else f"; FAILED (rerun with --seed {self.seed}): lost={self.lost} "
                f"dup={self.duplicated} unexpected={self.unexpected} "
                f"exit={self.node_exit_codes}")
@@ -130,6 +154,27 @@ def process_resources(pid: int) -> dict[str, float]:
     ticks = os.sysconf("SC_CLK_TCK")
     cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
     return {"peak_rss_mib": round(hwm_kib / 1024, 1), "cpu_s": round(cpu_s, 2)}
+
+
+def _watch_nodes(fleet: Fleet, timeout: float) -> dict[str, float]:
+    """Wait for the node processes to exit, sampling their /proc figures each second (the
+    last sample before a process exits stands for it: peak RSS only grows)."""
+    last: dict[str, dict[str, float]] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in fleet.processes() if p.alive()]
+        if not alive:
+            break
+        for proc in alive:
+            if got := process_resources(proc.pid):
+                last[proc.name] = got
+        time.sleep(1.0)
+    if not last:
+        return {}
+    rss = [r["peak_rss_mib"] for r in last.values()]
+    return {"processes": len(last), "peak_rss_mib_max": max(rss),
+            "peak_rss_mib_sum": round(sum(rss), 1),
+            "cpu_s_sum": round(sum(r["cpu_s"] for r in last.values()), 1)}
 
 
 def _proxy(name: str, module: str, workdir: Path, args: list[str]) -> ManagedProcess:
@@ -178,8 +223,10 @@ class _Run:
             self.http = _proxy("httpproxy", "machi_tools.httpfaultproxy", wd, args)
             uplink = str(self.http.wait_ready()["url"])
         self.gateway = Gateway(workdir=wd, cloud_url=uplink, token=self.cloud.token,
-                               batch_age_s=0.3)
-        specs = fleet_specs(s.nodes, interval_s=s.interval_s, count=s.count)
+                               batch_age_s=0.3, lora_udp=s.transport == "lora",
+                               oscore="required")  # every CoAP node is protected
+        specs = with_radio_ids(fleet_specs(s.nodes, interval_s=s.interval_s, count=s.count,
+                                           transport=s.transport))
         write_devices_file(self.gateway.devices_path, specs)
         coap = self.gateway.start()
         self.gateway.wait_devices(len(specs))
@@ -195,7 +242,9 @@ class _Run:
         # lossy radio stretches the drain (every lost try doubles the wait), and a node
         # that gave up early would fail the run without having lost anything
         self.fleet = Fleet(specs=specs, workdir=wd, gateway=target, coap=s.coap,
-                           drain_timeout_s=s.timeout_s)
+                           drain_timeout_s=s.timeout_s, per_process=s.nodes_per_process,
+                           lora_gateway=self.gateway.lora if s.transport == "lora" else None,
+                           radio_loss=s.radio_loss, seed=s.seed)
         self.fleet.start()
 
     def apply_faults(self) -> None:
@@ -260,7 +309,8 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
         run.start()
         run.apply_faults()
         assert run.fleet is not None
-        report.node_exit_codes = run.fleet.wait(timeout=scenario.timeout_s)
+        report.node_resources = _watch_nodes(run.fleet, scenario.timeout_s)
+        report.node_exit_codes = run.fleet.wait(timeout=10)
         expected = {n.spec.device_id: set(n.recorded_seqs()) for n in run.fleet.nodes}
         report.produced = sum(len(v) for v in expected.values())
         with httpx.Client(base_url=run.cloud.url, timeout=10) as client:
@@ -292,6 +342,7 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
         run.stop()
         report.seconds = time.monotonic() - started
     report.udp_proxy = _stats(workdir, "udpproxy")
+    report.radio = _stats(workdir, "vconcentrator")
     report.http_proxy = _stats(workdir, "httpproxy")
     return report
 

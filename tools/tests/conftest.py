@@ -91,7 +91,10 @@ def _handler(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
                     return
                 created = dev not in cloud.devices
                 cloud.devices[dev] = reg
-                self._answer(201 if created else 200, {"device": dev, **reg})
+                # the real cloud's answer names the short id it assigned (OSCORE kid)
+                short_id = list(cloud.devices).index(dev) + 1
+                self._answer(201 if created else 200,
+                             {"device": dev, **reg, "short_id": short_id})
             elif method == "POST" and m[2]:
                 if dev not in cloud.devices:
                     self._answer(404, {"detail": f"device {dev} not registered"})

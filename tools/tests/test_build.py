@@ -51,7 +51,7 @@ def test_esp32_and_unix_builds_differ_only_in_their_hal(tmp_path: Path) -> None:
     unix = {p.as_posix() for p in sources("unix")}
     esp = {p.as_posix() for p in sources("esp32")}
     assert unix ^ esp == {"boards/unix.py", "boards/scenario.py", "boards/esp32.py",
-                          "boards/bootstate.py"}
+                          "boards/bootstate.py", "boards/slots_unix.py", "boards/slots_esp32.py"}
 
 
 def test_a_syntax_error_names_the_file_and_line(tmp_path: Path, machi: Machi) -> None:

