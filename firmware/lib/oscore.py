@@ -29,7 +29,7 @@ try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -65,6 +65,7 @@ class OscoreError(ValueError):
         super().__init__("%s%s" % (reason, (": " + detail) if detail else ""))
         self.reason = reason
         self.code = code
+        self.request = self.echo = None  # reason "echo": the request and our Echo value
 
 
 # ------------------------------------------------------------------ derivation (§3.2)
@@ -207,8 +208,8 @@ def _insert_sorted(opts, item):
 
 def _split(options):
     # -> (inner Class E options in order, outer Class U options in order)
-    inner = []
-    outer = []
+    inner = []  # type: list
+    outer = []  # type: list
     for num, val in options:
         if num == coap.OBSERVE:
             raise OscoreError("unsupported", coap.BAD_OPTION, "Observe")
