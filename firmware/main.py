@@ -5,8 +5,10 @@
 # SIGINT; 2 bad config; 3 count reached but the buffer did not drain in drain_timeout_s;
 # 4 the seq store is damaged (see lib/seqstore.py: refusing to reuse seqs); 5 the ring
 # file does not match the configured geometry (lib/ring.py); 6 safe mode (ESP32: crashed
-# again and again, boards/bootstate.py). On an ESP32 an exception is recorded in RTC memory
-# (the next status reading reports it) and the board resets.
+# again and again, boards/bootstate.py); 7 a firmware update is pending and its report was
+# acknowledged: start the node again to boot it (an ESP32 resets itself, lib/fwupdate.py).
+# On an ESP32 an exception is recorded in RTC memory (the next status reading reports it)
+# and the board resets.
 # Readings wait in a ring file (<state_dir>/ring, lib/ring.py) and survive a restart: a
 # node started again sends what the last run left, oldest first ("waiting=" on `start`).
 # SIGTERM: the unix port has neither `signal` nor `ffi`, so SIGTERM ends the process at

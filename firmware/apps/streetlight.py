@@ -67,7 +67,7 @@ class App:
             self.moved = True
         was = self.lamp
         if self.mode == "off":
-            level = 0
+            level = 0  # type: float
         elif self.mode == "on":
             level = self.level
         elif self._dark(t):
@@ -82,7 +82,7 @@ class App:
     def sample(self, t):
         self.poll(t, self.clock.ticks_ms())
         s = self.board.sensor
-        out = [("lamp", None, self.lamp), ("dim", "%", self.dim)]
+        out = [("lamp", None, self.lamp), ("dim", "%", self.dim)]  # type: list
         lux = s("lux")
         if lux is not None:
             out.append(("lux", "lx", q(lux)))

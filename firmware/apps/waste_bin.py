@@ -55,7 +55,7 @@ class App:
         self.events = []  # waiting for the next reading
 
     def measure_fill(self):
-        pings = [self.board.sensor("distance") for _ in range(self.cfg["pings"])]
+        pings = [self.board.sensor("distance") for _ in range(int(self.cfg["pings"]))]
         d = robust_distance(pings, self.cfg["outlier_cm"])
         return None if d is None else fill_pct(d, self.cfg["depth_cm"])
 
@@ -95,7 +95,7 @@ class App:
 
     def sample(self, t):
         s = self.board.sensor
-        out = []
+        out = []  # type: list
         failed = []
         fill = self.measure_fill()
         if fill is None:

@@ -60,7 +60,7 @@ try:
     from micropython import const
 except ImportError:
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -197,7 +197,7 @@ def check(bc):
     if bc.get("safe_after", 3) < 1:
         raise ConfigError("board.safe_after: must be >= 1")
     out = []
-    owner = {}
+    owner = {}  # type: dict
     for key in bc.get("sensors", {}):
         opts, names = _sensor_opts(key, bc["sensors"][key], bc)
         for n in names:
@@ -218,8 +218,8 @@ class Tilt:
 
     def __init__(self, board, pin, pull="up", active=1):
         p = machine.Pin
-        self._pin = p(pin, p.IN, p.PULL_UP if pull == "up" else
-                      (p.PULL_DOWN if pull == "down" else None))
+        self._pin = p(pin, p.IN, p.PULL_UP if pull == "up" else  # type: ignore[arg-type]
+                      (p.PULL_DOWN if pull == "down" else None))  # None: no pull (stub: int)
         self._active = active
 
     def read(self):
@@ -262,7 +262,7 @@ class _Entry:
         self.dev = None
         self.retry_at = None  # ticks before which a failed start is not tried again
         self.vals = {}
-        self.at = 0
+        self.at = time.ticks_ms()  # ticks of vals
 
 
 class NoDimmer:
@@ -321,8 +321,8 @@ class Board:
         if missing:
             self.log("W %s sensors missing=%s" % (self.dev, ",".join(missing)))
         self._sta = None
-        self._wifi_at = 0  # ticks of the next look at the link
-        self._wifi_retry = 0  # ticks of the next connect() while it is down
+        self._wifi_at = time.ticks_ms()  # ticks of the next look at the link
+        self._wifi_retry = self._wifi_at  # ticks of the next connect() while it is down
         self._wifi_backoff = 1000
         self._wifi_down = False
         # last: a watchdog started before a config error would reset a board that can
@@ -363,7 +363,8 @@ class Board:
     # Still on trial? Asked of NVS, not of our Slots object: lib/node.py may have confirmed
     # through one of its own.
     def _trial(self):
-        if self.fw == "trial" and self.slots._pending_label() is None:
+        # fw is "trial" only once _firmware() has set slots
+        if self.fw == "trial" and self.slots._pending_label() is None:  # type: ignore[union-attr]
             self.fw = "confirmed"
         return self.fw == "trial"
 
@@ -374,6 +375,7 @@ class Board:
         if not self._trial():
             return False
         s = self.slots
+        assert s is not None  # on trial: _firmware() set it
         try:
             s.confirm()
         except OSError as e:  # a build without the bootloader's rollback (slots_esp32):
@@ -442,7 +444,8 @@ class Board:
         self.st["due"] = due_ms - ms  # a wake for an alarm check is not a sample time
         self.st["running"] = 0
         self.st["slept"] = time.ticks_add(self.st["slept"], ms)  # + ticks_ms of this wake
-        self.st["slept"] = time.ticks_add(self.st["slept"], time.ticks_ms())
+        # ms since boot as the delta (the stub's ticks_ms() is an opaque ticks type)
+        self.st["slept"] = time.ticks_add(self.st["slept"], time.ticks_ms())  # type: ignore[arg-type]
         self._save()
         machine.deepsleep(ms)  # does not return: the wake runs main.py again
 
@@ -530,7 +533,7 @@ class Board:
     def _connect(self):
         w = self.cfg["wifi"]
         try:
-            self._sta.connect(w["ssid"], w.get("key", ""))
+            self._sta.connect(w["ssid"], w.get("key", ""))  # type: ignore[union-attr]  # set first
         except OSError as e:  # "Wifi Internal State Error": a connect already under way
             if _DEBUG:
                 self.log("D %s wifi connect %s" % (self.dev, e))
@@ -554,7 +557,7 @@ class Board:
             return
         self._wifi_at = time.ticks_add(now, _WIFI_CHECK_MS)
         sta = self._sta
-        if sta.isconnected():
+        if sta.isconnected():  # type: ignore[union-attr]  # feed() calls this once it is set
             if self._wifi_down:
                 self._wifi_down = False
                 self.log("I %s wifi up" % self.dev)

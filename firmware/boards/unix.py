@@ -94,6 +94,13 @@ class Board:
     def wait_transport(self, log):
         return True
 
+    def uart(self, path, baudrate=115200):
+        # the NB-IoT modem's UART: a serial device or the pty of tools' emulated modem
+        # (boards/unix_uart.py: loaded only for NB-IoT, its code would sit on every heap)
+        from boards.unix_uart import PtyUart
+
+        return PtyUart(path)
+
 
 def _makedirs(path):
     parts = path.split("/")

@@ -22,7 +22,7 @@ class Dimmer:
             return self._freq
         if not 1 <= hz <= 40000:
             raise ValueError("dimmer: freq must be 1..40000 Hz")
-        self._freq = hz
+        self._freq = hz  # type: int
         self._pwm.freq(hz)
 
     # level in % (int or float, 0..100): anything else is a ValueError, the lamp unchanged

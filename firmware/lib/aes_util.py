@@ -6,7 +6,7 @@
 try:
     import cryptolib
 except ImportError:  # CPython host tests: `cryptography` stands in for cryptolib
-    cryptolib = None
+    cryptolib = None  # type: ignore[assignment]  # no cryptolib on CPython
 
 
 class _HostECB:

@@ -13,7 +13,7 @@ try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -25,51 +25,16 @@ class CBORError(ValueError):
     pass
 
 
-class Tag:
-    # A tagged item the decoder does not interpret (every tag but the bignums 2 and 3).
-    def __init__(self, tag, value):
-        self.tag = tag
-        self.value = value
+# Tag, Simple and UNDEFINED (the items beyond Python's own types) and the generic encoder
+# behind value()/dumps() are in lib/cbor_obj.py, loaded on first use: the node's send path
+# never needs them, and on the unix port loaded code takes heap (firmware/README.md,
+# budgets). `cbor.Tag` etc. still work (a module __getattr__, PEP 562).
+def __getattr__(name):
+    if name in ("Tag", "Simple", "UNDEFINED"):
+        import cbor_obj
 
-    def __eq__(self, other):
-        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    def __hash__(self):
-        return hash((self.tag, self.value))
-
-    def __repr__(self):
-        return "Tag(%d, %r)" % (self.tag, self.value)
-
-
-class Simple:
-    # A simple value other than false/true/null/undefined: 0..19 and 32..255.
-    def __init__(self, value):
-        if not (0 <= value < 20 or 32 <= value < 256):
-            raise CBORError("simple value %r is not assignable" % (value,))
-        self.value = value
-
-    def __eq__(self, other):
-        return isinstance(other, Simple) and self.value == other.value
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    def __hash__(self):
-        return hash(("simple", self.value))
-
-    def __repr__(self):
-        return "simple(%d)" % self.value
-
-
-class _Undefined:
-    def __repr__(self):
-        return "undefined"
-
-
-UNDEFINED = _Undefined()  # simple(23); compare with `is`
+        return getattr(cbor_obj, name)
+    raise AttributeError(name)
 
 
 def utf8(s):
@@ -122,13 +87,17 @@ class Encoder:
             b[p + 1] = n
             self._n = p + 2
         elif n < 0x10000:
-            struct.pack_into(">BH", b, p, mt | 25, n)
+            # the struct formats are the decoder's: every distinct one is a qstr on the heap
+            b[p] = mt | 25
+            struct.pack_into(">H", b, p + 1, n)
             self._n = p + 3
         elif n < 0x100000000:
-            struct.pack_into(">BI", b, p, mt | 26, n)
+            b[p] = mt | 26
+            struct.pack_into(">I", b, p + 1, n)
             self._n = p + 5
         else:
-            struct.pack_into(">BQ", b, p, mt | 27, n)
+            b[p] = mt | 27
+            struct.pack_into(">Q", b, p + 1, n)
             self._n = p + 9
 
     # Low-level: raw bytes (the caller wrote the head).
@@ -181,7 +150,8 @@ class Encoder:
         # Write float64 first, then decide from its bits (small-int arithmetic only: no
         # heap, and no trust in the port's struct 'e', which packs 100000.0 as a NaN and
         # rounds some subnormals wrongly) whether float16 or float32 holds it exactly.
-        struct.pack_into(">Bd", b, p, 0xFB, v)
+        b[p] = 0xFB
+        struct.pack_into(">d", b, p + 1, v)
         self._n = p + 9
         b1 = b[p + 1]
         b2 = b[p + 2]
@@ -217,7 +187,8 @@ class Encoder:
             if -149 <= e <= 127:
                 k = 23 if e >= -126 else e + 149
                 if not hi & ((1 << (26 - k)) - 1):
-                    struct.pack_into(">Bf", b, p, 0xFA, v)  # exact: just checked
+                    b[p] = 0xFA
+                    struct.pack_into(">f", b, p + 1, v)  # exact: just checked
                     self._n = p + 5
             return
         b[p] = 0xF9
@@ -246,54 +217,12 @@ class Encoder:
     def map(self, n):
         self.head(5, n)
 
+    # Any value: None, bool, int, float, str, bytes, list/tuple, dict (keys sorted
+    # bytewise), Tag, Simple, UNDEFINED (lib/cbor_obj.py)
     def value(self, obj, _depth=0):
-        if _depth >= _MAX_DEPTH:
-            raise CBORError("nested too deeply")
-        if obj is None:
-            self.none()
-        elif obj is True or obj is False:
-            self.bool(obj)
-        elif isinstance(obj, int):
-            self.int(obj)
-        elif isinstance(obj, float):
-            self.float(obj)
-        elif isinstance(obj, str):
-            self.text(obj)
-        elif isinstance(obj, (bytes, bytearray, memoryview)):
-            self.bytes(obj)
-        elif isinstance(obj, (list, tuple)):
-            self.array(len(obj))
-            for item in obj:
-                self.value(item, _depth + 1)
-        elif isinstance(obj, dict):
-            self._dict(obj, _depth)
-        elif isinstance(obj, Tag):
-            self.head(6, obj.tag)
-            self.value(obj.value, _depth + 1)
-        elif isinstance(obj, Simple):
-            if obj.value < 24:
-                self.head(7, obj.value)
-            else:
-                self._byte(0xF8)
-                self._byte(obj.value)
-        elif obj is UNDEFINED:
-            self._byte(0xF7)
-        else:
-            raise CBORError("cannot encode %s" % type(obj).__name__)
+        import cbor_obj
 
-    def _dict(self, obj, depth):
-        # deterministic: keys in bytewise order of their encodings (RFC 8949 §4.2.1); a
-        # dict's iteration order is arbitrary on MicroPython
-        keyed = []
-        for k in obj:
-            e = Encoder(16)
-            e.value(k, depth + 1)
-            keyed.append((bytes(e.getvalue()), k))
-        keyed.sort(key=_first)
-        self.map(len(keyed))
-        for kb, k in keyed:
-            self.raw(kb)
-            self.value(obj[k], depth + 1)
+        cbor_obj.encode(self, obj, _depth)
 
 
 def _half_value(h):
@@ -307,10 +236,6 @@ def _half_value(h):
     else:
         v = (1024 + mant) * 2.0 ** (exp - 25)
     return -v if h & 0x8000 else v
-
-
-def _first(pair):
-    return pair[0]
 
 
 def dumps(obj):
@@ -442,7 +367,7 @@ class _Decoder:
                 raise CBORError("truncated: array of %d items" % arg)
             return [self.item(depth + 1) for _ in range(arg)]
         if major == 5:
-            out = {}
+            out = {}  # type: ignore[assignment]  # a map, not the array above
             if arg is None:
                 while not self._at_break():
                     self._pair(out, depth)
@@ -459,10 +384,14 @@ class _Decoder:
                     raise CBORError("bignum tag %d needs a byte string" % arg)
                 n = int.from_bytes(value, "big") if value else 0
                 return n if arg == 2 else -1 - n
-            return Tag(arg, value)
+            import cbor_obj
+
+            return cbor_obj.Tag(arg, value)
         # major 7
         if ai < 20:
-            return Simple(ai)
+            import cbor_obj
+
+            return cbor_obj.Simple(ai)
         if ai == 20:
             return False
         if ai == 21:
@@ -470,11 +399,15 @@ class _Decoder:
         if ai == 22:
             return None
         if ai == 23:
-            return UNDEFINED
+            import cbor_obj
+
+            return cbor_obj.UNDEFINED
         if ai == 24:
             if arg < 32:  # RFC 8949 §3.3: not well-formed
                 raise CBORError("simple value %d in two-byte form" % arg)
-            return Simple(arg)
+            import cbor_obj
+
+            return cbor_obj.Simple(arg)
         if ai == 25:
             return _half_value(arg)
         if ai == 26:

@@ -5,7 +5,7 @@ try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -34,6 +34,7 @@ NOT_FOUND = const(0x84)
 METHOD_NOT_ALLOWED = const(0x85)
 REQUEST_ENTITY_TOO_LARGE = const(0x8D)
 UNSUPPORTED_CONTENT_FORMAT = const(0x8F)
+TOO_MANY_REQUESTS = const(0x9D)  # 4.29, RFC 8516
 INTERNAL_SERVER_ERROR = const(0xA0)
 SERVICE_UNAVAILABLE = const(0xA3)
 
@@ -301,3 +302,21 @@ def decode(buf):
         options.append((num, bytes(b[p : p + length])))
         p += length
     return Message(mtype, code, mid, token, options, payload)
+
+
+# Block1/Block2 option values (RFC 7959 §2.2): NUM << 4 | M << 3 | SZX, block size
+# 2 ** (SZX + 4) = 16..1024 bytes. SZX 7 (BERT) exists only over TCP: refused here.
+def block_encode(num, more, szx):
+    if not 0 <= szx <= 6 or not 0 <= num < 1 << 20:
+        raise CoapError("bad block num=%r szx=%r" % (num, szx))
+    return uint_bytes(num << 4 | (8 if more else 0) | szx)
+
+
+# -> (num, more, szx)
+def block_decode(value):
+    if len(value) > 3:
+        raise CoapError("block option longer than 3 bytes")
+    v = int.from_bytes(value, "big") if value else 0
+    if v & 7 == 7:
+        raise CoapError("block size BERT (SZX 7) outside TCP")
+    return v >> 4, v & 8 != 0, v & 7

@@ -12,12 +12,17 @@
 #            be answered from the gateway's deduplication cache (RFC 7252 §4.5).
 #
 # Two ways to use it: `post()` blocks until the exchange ends; `start()` + `poll(wait_ms)`
-# lets the caller keep sampling while a request is being retransmitted.
+# lets the caller keep sampling while a request is being retransmitted. `poll(0)` never
+# blocks: a scheduler running many clients (lib/multinode.py) waits on pollable() of each
+# and wakes a client when its socket is readable or left_ms() has passed.
+# A CON request from the gateway (a command pushed to an always-on node) goes to `server`
+# when one is attached (lib/coap_server.py), during an exchange, in drain() and in
+# listen(); without one it is RST as before.
 try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -53,6 +58,7 @@ class Client:
         rxsize=512,
     ):
         self._tr = transport
+        self.transport = transport  # for the owner's counters (e.g. OSCORE's)
         self._clock = clock
         self._rng = rng
         self.ack_timeout_ms = ack_timeout_ms
@@ -74,6 +80,7 @@ class Client:
         self._state = _IDLE
         self._msg = None
         self._last_sep = -1  # mid of the last CON separate response we ACKed (re-ACK dups)
+        self.server = None  # handle(msg) for requests to this node (coap_server.py)
         # the outcome of the last exchange
         self.response = None
         self.error = OK
@@ -88,6 +95,23 @@ class Client:
 
     def busy(self):
         return self._state != _IDLE
+
+    # ms until the exchange's timer fires (a retransmission, or giving up); 0 when idle. A
+    # caller that does not block in poll() sleeps at most this long before polling again.
+    def left_ms(self):
+        if self._state == _IDLE:
+            return 0
+        left = self._left()
+        return left if left > 0 else 0
+
+    # What select.poll can wait on for this client's answers: the transport's pollable()
+    # if it has one, else its socket (transports/udp.py), else None (poll it on a timer).
+    def pollable(self):
+        tr = self._tr
+        f = getattr(tr, "pollable", None)
+        if f:
+            return f()
+        return getattr(tr, "_sock", None)
 
     def _next_mid(self):
         self._mid = (self._mid + 1) & 0xFFFF
@@ -193,6 +217,9 @@ class Client:
             self.bad += 1
             return
         mt = m.mtype
+        if self.server is not None and 0 < m.code < 0x20 and mt <= coap.NON:
+            self.server(m)  # a request from the gateway (a pushed command), not an answer
+            return
         ours = m.token == self._token
         if mt == coap.ACK or mt == coap.RST:
             if m.mid != self._reqmid or self._state != _WAIT_ACK:
@@ -209,7 +236,7 @@ class Client:
                 self.stray += 1  # our mid but not our token: not an answer to this request
             return
         # CON or NON from the server
-        if ours and m.code >= 0x40:
+        if ours and m.code >= 0x40 and self._state != _IDLE:
             # a separate response (possibly overtaking its empty ACK)
             if mt == coap.CON:
                 self._reply(coap.ACK, m.mid)
@@ -222,6 +249,32 @@ class Client:
             else:
                 self._reply(coap.RST, m.mid)  # nothing we know: reject (RFC 7252 §4.2)
         self.stray += 1
+
+    # Read what waits while no exchange is going on (a late duplicate ACK, a separate
+    # response sent again): counted as stray and answered as during an exchange, so a
+    # scheduler waiting on pollable() is not woken by it again and again.
+    def drain(self):
+        while True:
+            try:
+                n = self._tr.recv_into(self._rxv, 0)
+            except OSError:
+                self.net_errors += 1
+                return
+            if not n:
+                return
+            self._datagram(self._rxv[:n])
+
+    # Idle, with a server attached: wait up to wait_ms for a datagram and handle it
+    # (returns after the first one, or when the time is up).
+    def listen(self, wait_ms):
+        try:
+            n = self._tr.recv_into(self._rxv, wait_ms)
+        except OSError:
+            self.net_errors += 1
+            self._clock.sleep_ms(wait_ms)  # ECONNREFUSED: no spinning
+            return
+        if n:
+            self._datagram(self._rxv[:n])
 
     def _reply(self, mtype, mid):
         try:

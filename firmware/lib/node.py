@@ -14,7 +14,8 @@
 #   2.xx        stored: pop; its payload may set the time (key 1) and carry commands (key 2)
 #   4.01        not known to the gateway (yet): keep, try again at the next interval
 #   4.xx        the request itself is wrong, a retry gets the same answer: log, drop, count
-#   5.03        gateway busy: keep, wait Max-Age (default 60, at most max_wait_s)
+#   5.03, 4.29  gateway busy / over the rate per source: keep, wait Max-Age (default 60,
+#               at most max_wait_s)
 #   other / none / RST: keep, try again at the next interval
 #
 # Extra measurements ride along with the next reading (no reading of their own, so `count`
@@ -26,7 +27,9 @@
 # Log lines (one per event, parsed by tools/machi_tools/system.py):
 #   I <dev> start seq=<next> type=<type> ...   I <dev> stop ...
 #   I <dev> rec seq=<n>                      the reading is durably in the ring: a promise
-#   I <dev> ack seq=<n> code=2.04 tries=<k> ms=<rtt>
+#   I <dev> ack seq=<n> code=2.04 tries=<k> ms=<rtt> [n=<readings in its pack>]
+#   W <dev> unpack seq=<first> code=<4.xx> n=<k> ...  a pack refused: its readings go alone
+#   W <dev> pack unsupported max=1           ... and each was taken alone: no more packs
 #   I <dev> time t=<unix> was=<unknown|t>     learned from the gateway
 #   I <dev> cmd cid=<n> name=<x> result=<r>
 #   W <dev> retry seq=<n> try=<k>            W <dev> noanswer seq=<n> tries=<k> why=<...>
@@ -43,7 +46,7 @@ try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -53,11 +56,18 @@ _DEFAULT_MAX_AGE = const(60)
 _IDLE_MS = const(1000)  # longest single sleep, so a drain deadline is noticed
 _MAX_REPORTS = const(4)  # cmd/<cid> records per reading
 _SEEN = const(8)  # commands remembered, so a repeated delivery is not executed twice
+# bytes of readings in one pack: the gateway's max payload (protocol.md §2); with OSCORE
+# the datagram grows by ~30 bytes, still under CoAP's 1152 (and oscore_transport's buffer)
+_PACK_BYTES = const(1024)
 EXIT_OK = const(0)
 EXIT_DRAIN = const(3)
+EXIT_RESET = const(7)  # an update is pending: start again to boot it (main.py)
 _REASONS = {coap_client.GAVE_UP: "timeout", coap_client.RESET: "reset",
             coap_client.SEP_TIMEOUT: "separate-timeout"}
 _CMD_NAMES = ("on", "off", "dim", "schedule", "interval", "config")
+# a command's optional 4th element `exp` (unix time, gateway clock; protocol.md §5): past
+# it by the node's clock (learned from the gateway) the command is refused "err:stale"
+STALE = "err:stale"
 
 
 def _diag(payload):
@@ -85,12 +95,23 @@ class Node:
         self.interval_ms = int(cfg["interval_s"] * 1000)
         self.rejected = 0
         self.taken = 0
-        self._inflight = -1  # seq being sent
+        self._inflight = -1  # seq being sent (the first of its pack)
+        # A backlog goes out up to pack_max readings per request (protocol.md §2, "Several
+        # readings in one pack"); LoRa frames carry one reading (lora_client decodes it).
+        pm = 1 if cfg.get("transport") == "lora" else cfg.get("pack_max", 1)
+        self._pack_max = pm
+        self._pk_seqs = [0] * pm  # the pack in flight: seqs, sample times
+        self._pk_bts = [None] * pm
+        self._pk_n = 0
+        self._solo = 0  # readings to send alone after a pack got a 4.xx
+        self._solo_ok = True  # ... and every one of them was taken alone so far
         self._tries_logged = 0
         self._reports = []  # (cid, result) waiting for the next reading
         self._seen = []  # (cid, name, args repr, result) of recent commands
         self._status_due = cfg.get("status_every", 0) > 0
         self.last_contact = None  # ticks of the last 2.xx
+        self.fw_reset_due = False  # set once the `update` report was acknowledged
+        self.server = None  # coap_server.Server on an always-on node (commands pushed to /c)
 
     def log(self, level, event, text):
         self.board.log("%s %s %s %s" % (level, self.dev, event, text))
@@ -127,15 +148,57 @@ class Node:
                                                            self.outbox.dropped))
         return True
 
-    # Send the oldest reading (starts an exchange; progress comes from poll()).
+    # Send the oldest readings, up to pack_max of them in one pack (starts an exchange;
+    # progress comes from poll()). The pack ends early at _PACK_BYTES, and before a reading
+    # without a sample time that follows one with (SenML would carry that bt over to it).
     def _send_oldest(self):
-        seq, data = self.outbox.peek()
-        self._inflight = seq
+        ob = self.outbox
+        seqs = self._pk_seqs
+        bts = self._pk_bts
+        nmax = 1 if self._solo else self._pack_max
+        n = recs = size = 0
+        timed = False
+        while n < nmax:
+            e = ob.peek(n) if n else ob.peek()
+            if e is None:
+                break
+            seq, data = e
+            bt = self.time.stamp(data)
+            size += reading.size(self.dev, data)
+            if n and ((timed and bt is None) or size > _PACK_BYTES):
+                break
+            timed = timed or bt is not None
+            seqs[n] = seq
+            bts[n] = bt
+            recs += 1 + data[10]
+            n += 1
+        if not n:
+            return  # the ring found nothing live after all (rotted slots): nothing to send
+        enc = self._tx
+        enc.reset()
+        enc.array(recs)
+        for k in range(n):
+            # peeked again: a flash ring's view lasts until its next read
+            data = ob.peek(k)[1] if k else ob.peek()[1]
+            reading.append(enc, self.dev, seqs[k], bts[k], data)
+        self._pk_n = n
+        self._inflight = seqs[0]
         self._tries_logged = 1
-        pk = reading.pack(self._tx, self.dev, seq, self.time.stamp(data), data)
-        self.client.start(coap.POST, _PATH, coap.CF_SENML_CBOR, pk)
+        self.client.start(coap.POST, _PATH, coap.CF_SENML_CBOR, enc.getvalue())
 
-    # The 2.04 payload: {1: gateway time, 2: [[cid, name, args], ...]}; unknown keys ignored
+    # Pop the readings of the pack that ended (those an overflow dropped meanwhile are gone
+    # already: the outbox holds seqs in order, so pop while the oldest is one of ours).
+    def _pop_pack(self):
+        ob = self.outbox
+        last = self._pk_seqs[self._pk_n - 1]
+        while True:
+            h = ob.peek()
+            if h is None or h[0] > last:
+                return
+            ob.pop()
+
+    # The 2.04 payload: {1: gateway time, 2: [[cid, name, args(, exp)], ...]}; unknown keys
+    # ignored. The time is learned first, so the expiry check below uses it.
     def _answer(self, payload):
         if not payload:
             return
@@ -157,17 +220,31 @@ class Node:
             for c in cmds:
                 self._command(c)
 
+    # One command [cid, name, args(, exp)], from a 2.04 or pushed to /c (coap_server.py):
+    # returns its result (also reported as cmd/<cid> in the next reading), None if malformed.
     def _command(self, c):
-        if not (isinstance(c, list) and len(c) == 3 and isinstance(c[0], int) and c[0] >= 0):
+        if not (isinstance(c, list) and 3 <= len(c) <= 4 and isinstance(c[0], int)
+                and c[0] >= 0 and (len(c) == 3 or isinstance(c[3], int))):
             self.log("W", "cmd", "malformed %r" % (c,))
-            return
-        cid, name, args = c
+            return None
+        cid, name, args = c[0], c[1], c[2]
         key = repr(args)
         for s in self._seen:
             if s[0] == cid and s[1] == name and s[2] == key:
                 self._report(cid, s[3])  # delivered again: report again, do not redo
-                return
-        if name not in _CMD_NAMES or not isinstance(args, dict):
+                return s[3]
+        if len(c) == 4:
+            now = self.time.now()
+            if now is None or now > c[3]:
+                # late (or no clock to tell): not executed and not remembered, so a fresh
+                # delivery of the same command still runs
+                self.log("W", "cmd", "cid=%d name=%s result=%s exp=%d now=%s" % (
+                    cid, name, STALE, c[3], now))
+                self._report(cid, STALE)
+                return STALE
+        if name == "update":
+            res = self._update(args)
+        elif name not in _CMD_NAMES or not isinstance(args, dict):
             res = "err:unknown" if name not in _CMD_NAMES else "err:args"
         elif name == "interval":
             s = args.get("s")
@@ -186,6 +263,38 @@ class Node:
             self._seen.pop(0)
         self.log("I", "cmd", "cid=%d name=%s result=%s" % (cid, name, res))
         self._report(cid, res)
+        return res
+
+    # The loop's idle wait: an always-on node listens for pushed commands meanwhile.
+    def _wait(self, ms):
+        if self.server is None:
+            self._clock.sleep_ms(ms)
+        else:
+            self.client.listen(ms)
+
+    # ---- firmware updates: lib/nodefw.py, imported only when needed (a node never updated
+    # does not carry that code and its names on its heap: firmware/README.md, budgets)
+
+    # At start-up, before the first reading: the bootloader's verdict on the running image,
+    # "normal"|"trial"|"rolled-back" (a trial image confirms itself on the first 2.xx).
+    def fw_boot(self):
+        self.fw_reset_due = False
+        import sys
+
+        if sys.platform != "esp32":
+            try:
+                open(self.cfg["state_dir"] + "/slots/boot.json").close()
+            except OSError:
+                return "normal"  # no slot record: never updated, nothing to check
+        import nodefw
+
+        return nodefw.boot(self)
+
+    # The `update` command (protocol.md §5): "ok:pending" or "err:<reason>".
+    def _update(self, args):
+        import nodefw
+
+        return nodefw.update(self, args)
 
     def _report(self, cid, res):
         for i in range(len(self._reports)):
@@ -196,24 +305,48 @@ class Node:
             self._reports.append((cid, res))
 
     # The exchange ended: returns ms to wait before sending again (0 = go on).
+    # A pack of n > 1 readings: the log lines name its first seq and add n=<n>; a 2.xx logs
+    # one `ack` per reading. Any 4.xx but 4.01 to a pack drops nothing: its readings go
+    # again one per request, so only a bad one is dropped; if each is then taken alone, the
+    # gateway does not take packs (an older one, or a smaller max payload): pack_max 1.
     def _outcome(self):
         c = self.client
         seq = self._inflight
+        n = self._pk_n
         self._inflight = -1
-        head = self.outbox.peek()
-        # it may have been dropped by an overflow meanwhile: then nothing to pop
-        ours = head is not None and head[0] == seq
+        pn = " n=%d" % n if n > 1 else ""
         m = c.response
         if m is None:
-            self.log("W", "noanswer", "seq=%d tries=%d why=%s" % (seq, c.tries,
-                                                                 _REASONS.get(c.error, "?")))
+            self.log("W", "noanswer", "seq=%d tries=%d why=%s%s" % (
+                seq, c.tries, _REASONS.get(c.error, "?"), pn))
             return self.interval_ms
         cls = m.code >> 5
         cs = coap.code_str(m.code)
+        if m.code == coap.SERVICE_UNAVAILABLE or m.code == coap.TOO_MANY_REQUESTS:
+            # gateway busy (5.03) or this source over its rate (4.29, RFC 8516): keep the
+            # readings, wait Max-Age
+            age = m.opt_uint(coap.MAX_AGE)
+            if age is None:
+                age = _DEFAULT_MAX_AGE
+            wait = min(age, self.cfg["max_wait_s"])
+            self.log("W", "busy", "seq=%d code=%s wait_s=%s%s" % (seq, cs, wait, pn))
+            return int(wait * 1000)
+        if cls == 4 and n > 1 and m.code != coap.UNAUTHORIZED:
+            self._solo = n
+            self._solo_ok = True
+            self.log("W", "unpack", "seq=%d code=%s%s %s" % (seq, cs, pn, _diag(m.payload)))
+            return 0
+        if self._solo and (cls == 2 or (cls == 4 and m.code != coap.UNAUTHORIZED)):
+            self._solo -= 1
+            self._solo_ok = self._solo_ok and cls == 2
+            if not self._solo and self._solo_ok and self._pack_max > 1:
+                self._pack_max = 1
+                self.log("W", "pack", "unsupported max=1")
         if cls == 2:
-            if ours:
-                self.outbox.pop()
-            self.log("I", "ack", "seq=%d code=%s tries=%d ms=%d" % (seq, cs, c.tries, c.rtt_ms))
+            self._pop_pack()
+            for k in range(n):
+                self.log("I", "ack", "seq=%d code=%s tries=%d ms=%d%s" % (
+                    self._pk_seqs[k], cs, c.tries, c.rtt_ms, pn))
             now = self._clock.ticks_ms()
             self.last_contact = now
             self.app.contact(now)
@@ -222,93 +355,118 @@ class Node:
         if m.code == coap.UNAUTHORIZED:
             # the gateway does not know us (yet): provisioning may still be on its way, so
             # keep the reading and ask again later instead of losing it
-            self.log("W", "unauth", "seq=%d code=%s %s" % (seq, cs, _diag(m.payload)))
+            self.log("W", "unauth", "seq=%d code=%s%s %s" % (seq, cs, pn, _diag(m.payload)))
             return self.interval_ms
         if cls == 4:
-            if ours:
-                self.outbox.pop()
+            self._pop_pack()
             self.rejected += 1
             self.log("E", "reject", "seq=%d code=%s %s" % (seq, cs, _diag(m.payload)))
             return 0
-        if m.code == coap.SERVICE_UNAVAILABLE:
-            age = m.opt_uint(coap.MAX_AGE)
-            if age is None:
-                age = _DEFAULT_MAX_AGE
-            wait = min(age, self.cfg["max_wait_s"])
-            self.log("W", "busy", "seq=%d code=%s wait_s=%s" % (seq, cs, wait))
-            return int(wait * 1000)
-        self.log("W", "error", "seq=%d code=%s %s" % (seq, cs, _diag(m.payload)))
+        self.log("W", "error", "seq=%d code=%s%s %s" % (seq, cs, pn, _diag(m.payload)))
         return self.interval_ms
 
-    # Run until count readings are taken and acknowledged (exit code) or forever.
+    # Run until count readings are taken and acknowledged (exit code) or forever: one node
+    # per process. A multi-node scheduler (lib/multinode.py) calls begin() once, then
+    # step() whenever the node is due or its socket is readable.
     def run(self):
+        self.begin()
+        while self.step(True) >= 0:
+            pass
+        return self.code
+
+    # The `start` line and the loop's timers.
+    def begin(self):
         clock = self._clock
         cfg = self.cfg
-        count = cfg["count"]
-        drain_ms = int(cfg["drain_timeout_s"] * 1000)
-        app = self.app
-        poll_ms = getattr(app, "poll_ms", 0)
+        self.code = None
+        self._count = cfg["count"]
+        self._drain_ms = int(cfg["drain_timeout_s"] * 1000)
+        self._poll_ms = getattr(self.app, "poll_ms", 0)
+        self._feed = getattr(self.board, "feed", None)  # the watchdog (ESP32)
         self.log("I", "start", "seq=%d type=%s board=%s waiting=%d" % (
             self.seqs.peek(), cfg["type"], self.board.name, len(self.outbox)))
-        next_poll = clock.ticks_ms()
+        self._next_poll = clock.ticks_ms()
         # after a deep-sleep wake for an alarm check, the next sample is still ahead
         resume = getattr(self.board, "resume_ms", None)
-        next_sample = clock.ticks_add(next_poll, resume() if resume else 0)
-        hold_since = next_sample  # no sending before hold_since + hold_ms
-        hold_ms = 0
-        drain_since = None
+        self._next_sample = clock.ticks_add(self._next_poll, resume() if resume else 0)
+        self._hold_since = self._next_sample  # no sending before hold_since + hold_ms
+        self._hold_ms = 0
+        self._drain_since = None
+
+    # Do everything that is due now. block=True (run()): then wait where the loop waits (for
+    # the answer, or until the next sample, at most _IDLE_MS) and return 0. block=False:
+    # never wait; return the ms until the node must run again (earlier if its socket gets
+    # readable). -1: finished, self.code is the exit code.
+    def step(self, block=False):
+        clock = self._clock
+        app = self.app
         c = self.client
-        feed = getattr(self.board, "feed", None)  # the watchdog (ESP32)
+        count = self._count
+        poll_ms = self._poll_ms
+        feed = self._feed
         while True:
             if feed:
                 feed()
             now = clock.ticks_ms()
             sampling = count == 0 or self.taken < count
-            if sampling and clock.ticks_diff(now, next_sample) >= 0:
+            if sampling and clock.ticks_diff(now, self._next_sample) >= 0:
                 self.sample()
-                next_sample = clock.ticks_add(next_sample, self.interval_ms)
-                if clock.ticks_diff(now, next_sample) > 0:
-                    next_sample = clock.ticks_add(now, self.interval_ms)  # behind: no burst
+                nxt = clock.ticks_add(self._next_sample, self.interval_ms)
+                if clock.ticks_diff(now, nxt) > 0:
+                    nxt = clock.ticks_add(now, self.interval_ms)  # behind: no burst
+                self._next_sample = nxt
                 continue
-            if poll_ms and clock.ticks_diff(now, next_poll) >= 0:
-                next_poll = clock.ticks_add(now, poll_ms)
+            if poll_ms and clock.ticks_diff(now, self._next_poll) >= 0:
+                self._next_poll = clock.ticks_add(now, poll_ms)
                 if app.poll(self.time.now(), now) and sampling:
                     self.sample()  # an alarm: at once, not at the next interval
                     continue
             if not sampling:
                 if not len(self.outbox) and not c.busy():
-                    return EXIT_OK
-                if drain_since is None:
-                    drain_since = now
-                elif clock.ticks_diff(now, drain_since) > drain_ms:
+                    self.code = EXIT_OK
+                    return -1
+                if self._drain_since is None:
+                    self._drain_since = now
+                elif clock.ticks_diff(now, self._drain_since) > self._drain_ms:
                     self.log("E", "drain", "left=%d timeout_s=%s" % (len(self.outbox),
-                                                                    cfg["drain_timeout_s"]))
-                    return EXIT_DRAIN
+                                                                    self.cfg["drain_timeout_s"]))
+                    self.code = EXIT_DRAIN
+                    return -1
             # how long until we must sample (or poll the app) again
-            until = clock.ticks_diff(next_sample, now) if sampling else _IDLE_MS
+            until = clock.ticks_diff(self._next_sample, now) if sampling else _IDLE_MS
             if poll_ms:
-                until = min(until, clock.ticks_diff(next_poll, now))
+                until = min(until, clock.ticks_diff(self._next_poll, now))
             until = max(0, min(until, _IDLE_MS))
             if c.busy():
-                done = c.poll(until)
+                done = c.poll(until if block else 0)
                 if c.tries > self._tries_logged:
                     self._tries_logged = c.tries
                     self.log("W", "retry", "seq=%d try=%d" % (self._inflight, c.tries))
                 if done:
-                    hold_ms = self._outcome()
-                    hold_since = clock.ticks_ms()
-                continue
+                    self._hold_ms = self._outcome()
+                    self._hold_since = clock.ticks_ms()
+                    if self.fw_reset_due:
+                        # the operator has the `ok:pending` report: boot the new image
+                        self.code = EXIT_RESET
+                        return -1
+                    continue
+                if block:
+                    return 0
+                return min(until, c.left_ms())
             if len(self.outbox):
-                held = hold_ms - clock.ticks_diff(now, hold_since)
+                held = self._hold_ms - clock.ticks_diff(now, self._hold_since)
                 if held <= 0:
-                    hold_ms = 0
+                    self._hold_ms = 0
                     self._send_oldest()
                     continue
                 until = min(until, held)
             elif sampling and not self._reports:
                 # nothing to send: a board with deep sleep may power down until the next
                 # sample (on ESP32 this does not return: the next wake is a fresh boot)
-                due = clock.ticks_diff(next_sample, now)
-                nap = min(due, clock.ticks_diff(next_poll, now)) if poll_ms else due
+                due = clock.ticks_diff(self._next_sample, now)
+                nap = min(due, clock.ticks_diff(self._next_poll, now)) if poll_ms else due
                 self.board.idle(nap, app, due)
-            clock.sleep_ms(until)
+            if block:
+                self._wait(until)
+                return 0
+            return until

@@ -9,6 +9,8 @@
 #    "seed": 1, "scenario": {...},        virtual sensors (unix board)
 #    "coap": {"ack_timeout_s": 2.0, "ack_random_factor": 1.5, "max_retransmit": 4},
 #    "outbox_slots": 64, "seq_block": 16, "max_wait_s": 60,
+#    "pack_max": 8,                       readings per request when a backlog waits (1..16;
+#                                         1 = one each; LoRa always 1: protocol.md §2)
 #    optional, newer:
 #    "store": "flash"|"ram",              readings wait in a ring file in state_dir (default)
 #    "slot_size": 256,                    bytes per ring record (a reading + 16 + 4)
@@ -17,7 +19,14 @@
 #                                         in the first after boot); 0 = only after boot
 #    "sleep": false,                      deep sleep between samples (ESP32 env/bin)
 #    "app": {...},                        app settings (apps/*.py: thresholds, depth_cm, ...)
-#    "board": {...}}                      board settings (boards/esp32.py: pins, watchdog)
+#    "board": {...},                      board settings (boards/esp32.py: pins, watchdog)
+#    "oscore": {"key": "<32 hex>",        OSCORE on the CoAP path (docs/security.md §2): the
+#               "short_id": 17},          device key and short id of the registry; {} = off
+#    "transport": "udp"|"lora"|"nbiot",   how readings leave (default udp: CoAP over IP)
+#    "lora": {"short_id": 257, "key": "<32 hex>", "sf": 10, "confirm": true, ...}
+#                                         compact frames (docs/protocol-lora.md); on the
+#                                         unix board the emulated radio sends to `gateway`
+#    "nbiot": {"uart": "/dev/pts/3", "apn": ""}}  CoAP through a BG95 modem on a UART
 import json
 
 
@@ -28,7 +37,7 @@ class ConfigError(ValueError):
 TYPES = ("env", "bin", "light")
 
 # key: (default, kind); default None = required
-_TOP = {
+_TOP = {  # type: dict
     "device_id": (None, str),
     "type": (None, str),
     "gateway": (None, dict),
@@ -43,6 +52,7 @@ _TOP = {
     "seq_block": (16, int),
     # longest back-off honoured from a 5.03 Max-Age (RFC 7252 default Max-Age is 60)
     "max_wait_s": (60.0, float),
+    "pack_max": (8, int),
     "store": ("flash", str),
     "slot_size": (256, int),
     "clock": (True, bool),
@@ -50,13 +60,45 @@ _TOP = {
     "sleep": (False, bool),
     "app": ({}, dict),
     "board": ({}, dict),
+    "oscore": ({}, dict),
+    "transport": ("udp", str),
+    "lora": ({}, dict),
+    "nbiot": ({}, dict),
 }
+TRANSPORTS = ("udp", "lora", "nbiot")
+_LORA = {
+    "short_id": (None, int),
+    "key": (None, str),  # 32 hex digits: the device key (MIC)
+    "sf": (10, int),  # the slowest spreading factor used (longest range)
+    "freq_hz": (923200000, int),
+    "power_dbm": (13, int),
+    "confirm": (True, bool),  # wait for the gateway's ack, retry without one
+    "rx_delay_s": (1.0, float),  # the gateway's lora_udp.rx_delay_s
+    "rx_window_ms": (1000, int),
+    "budget_s": (36.0, float),  # airtime allowed per budget_window_s (1 % duty cycle)
+    "budget_window_s": (3600.0, float),
+    "loss": (0.0, float),  # emulated radio: share of frames lost on air
+    "airtime": (True, bool),  # emulated radio: sleep each frame's time on air
+}
+_NBIOT = {"uart": (None, str), "apn": ("", str), "baudrate": (115200, int)}
 _COAP = {
     "ack_timeout_s": (2.0, float),
     "ack_random_factor": (1.5, float),
     "max_retransmit": (4, int),
 }
 _GATEWAY = {"host": (None, str), "port": (5683, int)}
+# master secret = the device key (registry "key"), Sender ID = short_id, 2 bytes big-endian
+_OSCORE = {"key": (None, str), "short_id": (None, int)}
+
+
+def _oscore(src):
+    o = _section(src, _OSCORE, "oscore.")
+    k = o["key"]
+    if len(k) != 32 or not all(c in "0123456789abcdefABCDEF" for c in k):
+        raise ConfigError("oscore.key: must be 32 hex digits (the 16-byte device key)")
+    if not 0 <= o["short_id"] <= 0xFFFF:
+        raise ConfigError("oscore.short_id: must be 0..65535")
+    return o
 
 
 def _section(src, schema, where):
@@ -98,6 +140,8 @@ def check(src):
     c = _section(src, _TOP, "")
     c["gateway"] = _section(c["gateway"], _GATEWAY, "gateway.")
     c["coap"] = _section(c["coap"], _COAP, "coap.")
+    if c["oscore"]:
+        c["oscore"] = _oscore(c["oscore"])
     if not _valid_device(c["device_id"]):
         raise ConfigError("device_id: %r is not [a-z0-9][a-z0-9-]{0,31}" % c["device_id"])
     if c["type"] not in TYPES:
@@ -119,13 +163,41 @@ def check(src):
         raise ConfigError("coap.max_retransmit: must be 0..20")
     if c["outbox_slots"] < 1 or c["seq_block"] < 1 or c["max_wait_s"] < 0:
         raise ConfigError("outbox_slots, seq_block: must be >= 1; max_wait_s >= 0")
+    if not 1 <= c["pack_max"] <= 16:
+        raise ConfigError("pack_max: must be 1..16 (readings per request)")
     if c["store"] not in ("flash", "ram"):
         raise ConfigError("store: %r is not flash or ram" % c["store"])
     if not 64 <= c["slot_size"] <= 1024 or c["outbox_slots"] < 2 and c["store"] == "flash":
         raise ConfigError("slot_size: must be 64..1024; outbox_slots >= 2 for the ring")
     if c["status_every"] < 0:
         raise ConfigError("status_every: must be >= 0")
+    if c["transport"] not in TRANSPORTS:
+        raise ConfigError("transport: %r is not one of %s" % (c["transport"],
+                                                             ", ".join(TRANSPORTS)))
+    if c["transport"] == "lora":
+        c["lora"] = _lora(_section(c["lora"], _LORA, "lora."))
+        if c.get("oscore"):
+            raise ConfigError("oscore: not with transport lora (its frames carry a MIC)")
+    elif c["transport"] == "nbiot":
+        c["nbiot"] = _section(c["nbiot"], _NBIOT, "nbiot.")
     return c
+
+
+def _lora(lo):
+    if not 0 <= lo["short_id"] <= 0xFFFF:
+        raise ConfigError("lora.short_id: must be 0..65535")
+    k = lo["key"]
+    if len(k) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in k):
+        raise ConfigError("lora.key: must be 32 hex digits")
+    if not 7 <= lo["sf"] <= 12:
+        raise ConfigError("lora.sf: must be 7..12")
+    if lo["rx_delay_s"] <= 0 or lo["rx_window_ms"] <= 0:
+        raise ConfigError("lora.rx_delay_s, lora.rx_window_ms: must be > 0")
+    if lo["budget_s"] <= 0 or lo["budget_window_s"] <= 0:
+        raise ConfigError("lora.budget_s, lora.budget_window_s: must be > 0")
+    if not 0 <= lo["loss"] <= 1:
+        raise ConfigError("lora.loss: must be 0..1")
+    return lo
 
 
 def load(path):

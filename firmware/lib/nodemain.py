@@ -27,7 +27,16 @@ def _store(cfg):
     return ring.open_ring(cfg["state_dir"] + "/ring", cfg["outbox_slots"], cfg["slot_size"])
 
 
-def _transport(cfg):
+def _transport(cfg, board=None):
+    # the datagram transport the CoAP client runs over: UDP (Wi-Fi, loopback) or NB-IoT;
+    # None for LoRa, whose client (nodelinks.lora_client) drives a radio instead
+    t = cfg["transport"]
+    if t == "lora":
+        return None
+    if t == "nbiot":
+        import nodelinks  # LoRa and NB-IoT set-up: loaded only for those links
+
+        return nodelinks.nbiot(cfg, board)
     from transports.udp import UdpTransport
 
     return UdpTransport(cfg["gateway"]["host"], cfg["gateway"]["port"])
@@ -44,22 +53,42 @@ def _config(path):
     for m in ("nodeconfig", "json"):
         if m in sys.modules:
             del sys.modules[m]
-    gc.collect()
     return cfg
 
 
 def main(argv):
     path = argv[1] if len(argv) > 1 else "/config.json"
     cfg = _config(path)
+    # collected here, not in _config, whose frame still holds the module: nodeconfig's code
+    # and table (~9 KB on the 64-bit port) are free before build() loads the rest
+    gc.collect()
     if cfg is None:
         return 2
+    node = build(cfg)
+    if isinstance(node, int):
+        return node  # it could not start: the exit code main.py documents
+    code = finish(node, run(node))
+    if code == 7 and getattr(node.board, "record_error", None):
+        import machine  # ESP32: the bootloader takes the pending image (fwupdate.py)
+
+        machine.reset()
+    return code
+
+
+# Everything before the loop, for one node config: a Node, or an exit code. main() builds
+# one; lib/multinode.py builds many in one process.
+def build(cfg):
     import coap_client
     import ring
     from node import Node
     from seqstore import SeqStore, SeqStoreError
 
     dev = cfg["device_id"]
-    board = _board(cfg)  # makes state_dir
+    try:
+        board = _board(cfg)  # makes state_dir
+    except ValueError as e:  # the board section (boards/esp32.py ConfigError, a scenario)
+        print("E - config %s" % e)
+        return 2
     if getattr(board, "safe_mode", False):
         # crashed SAFE_AFTER times in a row (boards/bootstate.py): stay up without the app,
         # REPL and files reachable, until someone fixes it (or power-cycles it)
@@ -99,15 +128,39 @@ def main(argv):
         restore(app)  # state kept in RTC memory across deep sleep (ESP32)
     board.wait_transport(board.log)
     co = cfg["coap"]
-    client = coap_client.Client(
-        _transport(cfg),
-        board.clock,
-        board.rng,
-        ack_timeout_ms=int(co["ack_timeout_s"] * 1000),
-        ack_random_factor=co["ack_random_factor"],
-        max_retransmit=co["max_retransmit"],
-    )
+    tr = _transport(cfg, board)
+    if cfg["oscore"]:
+        import oscore_transport
+
+        tr = oscore_transport.wrap(tr, cfg["oscore"], cfg["state_dir"], cfg["seq_block"])
+    if tr is None:
+        import nodelinks
+
+        client = nodelinks.lora_client(cfg, board)
+    else:
+        client = coap_client.Client(
+            tr,
+            board.clock,
+            board.rng,
+            ack_timeout_ms=int(co["ack_timeout_s"] * 1000),
+            ack_random_factor=co["ack_random_factor"],
+            max_retransmit=co["max_retransmit"],
+        )
     node = Node(cfg, board, app, client, seqs, outbox)
+    if tr is not None and cfg["type"] == "light":  # always on: commands pushed to /c
+        import coap_server
+
+        coap_server.attach(node)
+    if tr is None:
+        client.now = node.time.now  # also the time learned from acks: a late reading's age
+    node.fw_boot()  # A/B slots: a trial image confirms itself on the first ack (node.py)
+    return node
+
+
+# The loop of a node alone in its process, and what a crash does.
+def run(node):
+    board = node.board
+    dev = node.dev
     code = 0
     try:
         code = node.run()
@@ -122,6 +175,19 @@ def main(argv):
         import machine
 
         machine.reset()
+    return code
+
+
+# After the loop: the `stop` line (main.py, tools/machi_tools/system.py parse it).
+def finish(node, code):
+    board = node.board
+    dev = node.dev
+    cfg = node.cfg
+    client = node.client
+    if cfg["oscore"] or cfg["transport"] == "lora":
+        import nodelinks
+
+        nodelinks.log_stats(node)
     stopped = getattr(board, "stopped", None)
     if stopped:
         stopped()

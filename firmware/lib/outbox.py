@@ -4,8 +4,8 @@
 #
 # In RAM for now: `slots` fixed-size slots in one buffer allocated once, so a long outage
 # does not fragment the heap. The flash ring buffer (readings survive a reboot) will
-# implement the same interface: push(seq, data) -> dropped now (0/1), peek() -> (seq, view)
-# or None, pop(), len(), full(), dropped, dropped_seq. A slot holds one reading: an env reading is
+# implement the same interface: push(seq, data) -> dropped now (0/1), peek(k=0) -> (seq,
+# view) of the k-th oldest or None, pop(), len(), full(), dropped, dropped_seq. A slot holds one reading: an env reading is
 # about 120 bytes, so 192 leaves room; a larger one is refused with ValueError.
 from array import array
 
@@ -13,7 +13,7 @@ try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -63,11 +63,12 @@ class Outbox:
         self._n += 1
         return dropped
 
-    # (seq, memoryview of the oldest reading) or None; the view is valid until it is popped
-    def peek(self):
-        if not self._n:
+    # (seq, memoryview of the k-th oldest reading; k = 0: the oldest) or None; the view is
+    # valid until it is popped
+    def peek(self, k=0):
+        if k >= self._n:
             return None
-        i = self._head
+        i = (self._head + k) % self._slots
         o = i * self._size
         return self._seqs[i], self._buf[o : o + self._lens[i]]
 

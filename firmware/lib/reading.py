@@ -14,73 +14,90 @@
 import struct
 
 import cbor
-import senml
 
 try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
 PREFIX = const(12)
-_FMT = "<IIHBB"
-_SEQ_NAME = "seq"
-_COLON = b":"
+# SenML labels (RFC 8428 §6, as lib/senml.py has them): constants compiled into the code,
+# so the node does not load senml.py (its code and names would take heap for six numbers)
+_N = const(0)
+_U = const(1)
+_V = const(2)
+_VS = const(3)
+_VB = const(4)
+_BN = const(-2)
+_BT = const(-3)
 
 
 # Encode the stored form of a reading into enc; returns a view valid until enc is reused.
 def store(enc, bt, mono, boot, measurements):
     enc.reset()
-    enc.raw(struct.pack(_FMT, bt or 0, mono & 0xFFFFFFFF, boot & 0xFFFF, len(measurements), 0))
+    enc.raw(struct.pack("<IIHBB", bt or 0, mono & 0xFFFFFFFF, boot & 0xFFFF, len(measurements), 0))
     for name, unit, value in measurements:
         enc.map(2 if unit is None else 3)
-        enc.int(senml.N)
+        enc.int(_N)
         enc.text(name)
         if unit is not None:
-            enc.int(senml.U)
+            enc.int(_U)
             enc.text(unit)
         if value is True or value is False:
-            enc.int(senml.VB)
+            enc.int(_VB)
             enc.bool(value)
         elif isinstance(value, str):
-            enc.int(senml.VS)
+            enc.int(_VS)
             enc.text(value)
         elif isinstance(value, float):
-            enc.int(senml.V)
+            enc.int(_V)
             enc.float(value)
         else:
-            enc.int(senml.V)
+            enc.int(_V)
             enc.int(value)
     return enc.getvalue()
 
 
 # -> (bt or 0, mono, boot, nrec)
 def header(data):
-    return struct.unpack_from(_FMT, data, 0)[:4]
+    return struct.unpack_from("<IIHBB", data, 0)[:4]
 
 
 # The SenML pack to send (byte for byte what senml.encode_reading makes of the same values).
 def pack(enc, device_id, seq, bt, data):
-    nrec = data[10]
     enc.reset()
-    enc.array(1 + nrec)
+    enc.array(1 + data[10])
+    append(enc, device_id, seq, bt, data)
+    return enc.getvalue()
+
+
+# SenML records of a stored reading (1 + data[10]): its seq record, then its measurements.
+# A pack of several readings (protocol.md §2) is enc.array(sum of those) then one append
+# per reading, oldest first.
+def append(enc, device_id, seq, bt, data):
     enc.map(3 if bt is None else 4)
-    enc.int(senml.N)
-    enc.text(_SEQ_NAME)
-    enc.int(senml.V)
+    enc.int(_N)
+    enc.text("seq")
+    enc.int(_V)
     enc.int(seq)
-    enc.int(senml.BN)
+    enc.int(_BN)
     dev = cbor.utf8(device_id)
     enc.head(3, len(dev) + 1)
     enc.raw(dev)
-    enc.raw(_COLON)
+    enc.raw(b":")
     if bt is not None:
-        enc.int(senml.BT)
+        enc.int(_BT)
         enc.int(bt)
     enc.raw(data[PREFIX:])
-    return enc.getvalue()
+
+
+# At most the bytes a stored reading takes in a pack: its measurements as stored, plus the
+# seq record (map, "seq", a u64 seq, the bn head, "<device>:", a u32 bt: 27 + the id).
+def size(device_id, data):
+    return len(data) - PREFIX + 27 + len(device_id)
 
 
 # The node's idea of the time: the board's clock if it has a set one, else learned from the

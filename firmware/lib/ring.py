@@ -1,7 +1,7 @@
 # Store-and-forward on flash: readings waiting for their 2.xx, in a ring buffer of
 # fixed-size records in one file, so they survive a reboot or power cut. Same interface as
-# the RAM outbox (outbox.py): push(seq, data) -> dropped now (0/1), peek() -> (seq, view)
-# or None, pop(), len(), dropped, dropped_seq, full().
+# the RAM outbox (outbox.py): push(seq, data) -> dropped now (0/1), peek(k=0) -> (seq, view)
+# of the k-th oldest or None, pop(), len(), dropped, dropped_seq, full().
 #
 # Record (slot_size bytes, little endian), one per slot:
 #   0   state u8    0xA5 live (waiting), anything else: done (acked, rejected or dropped)
@@ -34,7 +34,7 @@ try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -66,6 +66,8 @@ class FlashRing:
         self.dropped = 0
         self.dropped_seq = -1
         self.empty_slots = 0  # at boot: slots without a valid record (never written or torn)
+        self._pk = -1  # the last peek(k): k and its slot (push and pop forget it)
+        self._pk_i = 0
         self._scan()
 
     def capacity(self):
@@ -157,6 +159,7 @@ class FlashRing:
             raise RingError("seq %d not above %d" % (seq, self._top))
         i = self._head
         dropped = 0
+        self._pk = -1
         if self._live(i):
             # full: the oldest is in the slot we are about to write
             self.dropped_seq = struct.unpack_from(_FMT, self._buf, 0)[3]
@@ -186,10 +189,30 @@ class FlashRing:
             print("ring push", seq, "slot", i, "n", self._n)
         return dropped
 
-    # (seq, memoryview of the oldest reading's data) or None; valid until the next call
-    def peek(self):
-        if not self._n:
+    # (seq, memoryview of the k-th oldest reading's data; k = 0: the oldest) or None; valid
+    # until the next call. Peeking k = 0, 1, 2, ... in turn reads each slot once (a node
+    # packing its backlog into one request).
+    def peek(self, k=0):
+        if k >= self._n:
             return None
+        if k:
+            if self._pk == k - 1:
+                i, left = self._pk_i, 1
+            elif self.peek() is None:
+                return None
+            else:
+                i, left = self._pk_i, k
+            while left:
+                i = (i + 1) % self._slots
+                if i == self._head:  # past the newest: slots rotted since boot
+                    return None
+                r = self._read(i)
+                if r is not None and r[0] == _LIVE:
+                    left -= 1
+            self._pk = k
+            self._pk_i = i
+            # r is set: left >= 1, the loop ran
+            return r[1], self._mv[_HDR : _HDR + r[3]]  # type: ignore[possibly-undefined]
         i = self._tail
         r = self._read(i)
         if r is None or r[0] != _LIVE:
@@ -199,12 +222,15 @@ class FlashRing:
             if r is None or r[0] != _LIVE:
                 self._n = 0
                 return None
+        self._pk = 0
+        self._pk_i = i
         return r[1], self._mv[_HDR : _HDR + r[3]]
 
     def pop(self):
         if not self._n:
             raise IndexError("ring empty")
         i = self._tail
+        self._pk = -1
         self._one[0] = 0
         self._write_at(i * self._size, self._one)
         self._f.flush()

@@ -41,11 +41,13 @@ def free_udp_port() -> int:
 
 @dataclass
 class Recorder(aiocoap.resource.Resource):  # type: ignore[misc]
-    """POST /r: records (seq, pack) and answers with `respond(seq, k)` (a Message)."""
+    """POST /r: records (seq, pack) per reading and answers with `respond(seq, k)` (a
+    Message; seq: the first of the POST, k: the POST's number)."""
 
     respond: Callable[[int, int], aiocoap.Message] | None = None
     delay: float = 0.0
     readings: list[tuple[int, list[dict[int, Any]]]] = field(default_factory=list)
+    requests: int = 0
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -54,11 +56,15 @@ class Recorder(aiocoap.resource.Resource):  # type: ignore[misc]
         assert request.opt.content_format == 112
         pack = cbor2.loads(request.payload)
         seq = pack[0][2]
-        self.readings.append((seq, pack))
+        # a POST may carry several readings (a backlog, protocol.md §2): one entry each
+        starts = [i for i, r in enumerate(pack) if r.get(0) == "seq"] + [len(pack)]
+        for i, j in zip(starts, starts[1:], strict=False):
+            self.readings.append((pack[i][2], pack[i:j]))
+        self.requests += 1
         if self.delay:
             await asyncio.sleep(self.delay)  # aiocoap sends an empty ACK meanwhile
         if self.respond:
-            return self.respond(seq, len(self.readings))
+            return self.respond(seq, self.requests)
         return aiocoap.Message(code=aiocoap.CHANGED)
 
     def seqs(self) -> list[int]:

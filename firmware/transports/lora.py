@@ -10,14 +10,15 @@
 #
 # The configured SF is the slowest (longest range) we use; a frame that would exceed the
 # dwell limit there goes out at the slowest SF that fits instead, if adapt_sf (else DWELL).
-# LoRa frames are not acknowledged here: a reading counts as delivered when it is sent.
+# LoraUplink only transmits; transports/lora_client.py waits for the gateway's ack and sends
+# again without one (docs/protocol-lora.md §8).
 from transports import airtime
 
 try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 

@@ -22,7 +22,7 @@ try:
     from micropython import const
 except ImportError:  # CPython host tests
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stands in for the stub's generic const
         return x
 
 
@@ -142,7 +142,7 @@ class Modem:
             print("at >", text)
         self._uart.write((text + "\r").encode())
         deadline = self._deadline(timeout_ms)
-        info = []
+        info = []  # type: list
         while True:
             s = self.line(deadline)
             if s is None:

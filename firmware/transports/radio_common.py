@@ -64,9 +64,9 @@ class Radio:
     def _wait(self, mask, timeout_ms):
         t0 = self._ticks()
         while True:
-            flags = self.irq_status()
+            flags = self.irq_status()  # type: ignore[attr-defined]  # each radio's own
             if flags & mask:
-                self._clear()
+                self._clear()  # type: ignore[attr-defined]  # each radio's own
                 return flags
             if time.ticks_diff(self._ticks(), t0) >= timeout_ms:
                 return 0

@@ -25,7 +25,7 @@ SCRIPT = """
 import sys
 sys.path.insert(0, "{fw}")
 sys.path.insert(0, "{fw}/lib")
-from boards.unix import PtyUart
+from boards.unix_uart import PtyUart
 from transports.nbiot import Modem, ModemError, NbiotTransport
 
 m = Modem(PtyUart("{pty}"))

@@ -89,6 +89,7 @@ class Gateway:
         self.answer = answer
         self.posts = []  # seqs
         self.packs = []
+        self.sizes = []
         self.queue = []
 
     def send(self, buf):
@@ -96,7 +97,16 @@ class Gateway:
         if m.code != coap.POST:
             return
         pack = cbor.loads(m.payload)
-        self.packs.append(pack)
+        # a POST may carry several readings (a backlog): packs holds one pack per reading,
+        # posts the first seq of each POST, sizes the readings of each POST
+        n = 0
+        for i in range(len(pack)):
+            if pack[i].get(0) == "seq":
+                n += 1
+                self.packs.append(pack[i:i + 1])
+            else:
+                self.packs[-1].append(pack[i])
+        self.sizes.append(n)
         self.posts.append(pack[0][2])
         r = self.answer(m, len(self.posts))
         if r:
