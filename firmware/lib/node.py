@@ -111,6 +111,7 @@ class Node:
         self._status_due = cfg.get("status_every", 0) > 0
         self.last_contact = None  # ticks of the last 2.xx
         self.fw_reset_due = False  # set once the `update` report was acknowledged
+        self._late_s = 0  # how old the answer being handled may be (_answer)
         self.server = None  # coap_server.Server on an always-on node (commands pushed to /c)
 
     def log(self, level, event, text):
@@ -217,8 +218,13 @@ class Node:
                 self.log("I", "time", "t=%d was=%s" % (t, "unknown" if was is None else was))
         cmds = m.get(2)
         if isinstance(cmds, list):
+            # The answer may be as old as the whole exchange (an attacker can hold back the
+            # request or the 2.04, not more: OSCORE binds it to our request): so may the
+            # time just learned from it. exp is checked against the latest time it can be.
+            self._late_s = (self.client.rtt_ms + 999) // 1000
             for c in cmds:
                 self._command(c)
+            self._late_s = 0
 
     # One command [cid, name, args(, exp)], from a 2.04 or pushed to /c (coap_server.py):
     # returns its result (also reported as cmd/<cid> in the next reading), None if malformed.
@@ -235,6 +241,8 @@ class Node:
                 return s[3]
         if len(c) == 4:
             now = self.time.now()
+            if now is not None:
+                now += self._late_s
             if now is None or now > c[3]:
                 # late (or no clock to tell): not executed and not remembered, so a fresh
                 # delivery of the same command still runs

@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiocoap import CON, error, oscore
+from aiocoap import BAD_OPTION, CON, Message, error, oscore
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
 from ..registry import Device, Registry
@@ -322,8 +322,13 @@ class CountingSiteWrapper(OscoreSiteWrapper):  # type: ignore[misc]  # untyped l
     async def render_to_pipe(self, pipe: Any) -> None:
         try:
             await super().render_to_pipe(pipe)
-        except oscore.DecodeError as exc:
+        except oscore.DecodeError:
             # only verify_start() lets it out: the wrapper maps unprotect()'s to BadOption
             self._rejected("oscore-format")
             if pipe.request.mtype == CON:
-                raise error.BadOption("Failed to decode the OSCORE option") from exc
+                pipe.add_response(Message(code=BAD_OPTION), is_last=True)
+        except error.ConstructionRenderableError as exc:
+            # The wrapper's refusals (4.01 "Security context not found", 4.00 "Decryption
+            # failed", 4.02 ...) would carry their text: up to 3x a small unauthenticated
+            # request. Answered bare: never larger than the request (docs/security.md §1.3).
+            pipe.add_response(Message(code=exc.code), is_last=True)
