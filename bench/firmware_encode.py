@@ -50,11 +50,18 @@ def run() -> dict[str, float]:
           f"{mp['heap_bytes_per_reading']} heap bytes/reading, {mp['bytes']} bytes")
     print(f"  baseline cbor2 on CPython {cpython_us:8.1f} us/reading")
     print(f"  ratio micropython / cbor2: {mp['us_per_reading'] / cpython_us:.1f}x")
+    print(f"  baseline SenML-JSON with MicroPython's json, same run: "
+          f"{mp['json_us_per_reading']:.1f} us/reading, "
+          f"{mp['json_heap_bytes_per_reading']} heap bytes/reading, {mp['json_bytes']} bytes")
+    print(f"  ratio ours / json under micropython: CPU "
+          f"{mp['us_per_reading'] / mp['json_us_per_reading']:.2f}x, heap "
+          f"{mp['heap_bytes_per_reading'] / mp['json_heap_bytes_per_reading']:.2f}x")
     print(f"  size: SenML-CBOR {mp['bytes']} B vs SenML-JSON {json_bytes} B "
           f"= {mp['bytes'] / json_bytes:.2f} of JSON")
     return {"mp_us": mp["us_per_reading"], "cbor2_us": cpython_us,
             "heap": mp["heap_bytes_per_reading"], "cbor_bytes": mp["bytes"],
-            "json_bytes": json_bytes}
+            "json_bytes": json_bytes, "mp_json_us": mp["json_us_per_reading"],
+            "mp_json_heap": mp["json_heap_bytes_per_reading"]}
 
 
 if __name__ == "__main__":
