@@ -298,11 +298,10 @@ class Store:
                     self._prune(now)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         except sqlite3.Error as exc:
-            reason = "disk-full" if isinstance(exc, sqlite3.OperationalError) and (
-                "full" in str(exc)) else "store-error"
+            reason = "disk-full" if _disk_full(exc) else "store-error"
             log.error("queue commit failed (%s): %s", reason, exc)
             raise StoreUnavailable(reason, str(exc), retry_after_s=self.retry_after_s) from exc
         self._depth = depth
@@ -414,6 +413,24 @@ class Store:
         return await self._run(job)
 
 
+def _disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the filesystem (or the database's size limit) is full."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+        isinstance(exc, sqlite3.OperationalError) and "full" in str(exc))
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End a failed transaction. On SQLITE_FULL (a real full disk) SQLite may have rolled it
+    back already: a second ROLLBACK would fail with "no transaction is active" and hide the
+    real error; and a COMMIT that failed may leave it open, which would make every later
+    BEGIN fail even once space is freed."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("queue rollback failed: %s", exc)
+
+
 class _Tx:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` / ``ROLLBACK``, with SQLite errors wrapped."""
 
@@ -430,9 +447,13 @@ class _Tx:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
-            self.db.execute("COMMIT" if et is None else "ROLLBACK")
-        except sqlite3.Error as exc:
-            raise StoreError(f"queue transaction failed: {exc}") from exc
+        if et is not None:
+            _rollback(self.db)
+        else:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(self.db)  # a COMMIT that failed (disk full) may leave it open
+                raise StoreError(f"queue transaction failed: {exc}") from exc
         if isinstance(e, sqlite3.Error):
             raise StoreError(f"queue transaction failed: {e}") from e

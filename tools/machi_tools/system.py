@@ -251,6 +251,11 @@ class Gateway:
     # [cloud] TLS trust for an https:// cloud_url: a CA/self-signed PEM file, SPKI pins
     ca_file: Path | None = None
     pins: tuple[str, ...] = ()
+    # [gateway] data_dir (the queue, OSCORE state); None: workdir/gateway. A test puts it on
+    # a small filesystem of its own to fill the disk (hil_tests/test_full_disk.py)
+    data_dir: Path | None = None
+    # [queue] retry_after_s, the Max-Age of a 5.03; None: the gateway's default
+    retry_after_s: int | None = None
     process: ManagedProcess | None = None
     coap: tuple[str, int] = ("127.0.0.1", 0)
     lora: tuple[str, int] = ("127.0.0.1", 0)
@@ -273,7 +278,7 @@ class Gateway:
                 [
                     "[gateway]",
                     f'id = "{self.gateway_id}"',
-                    f'data_dir = "{self.workdir / "gateway"}"',
+                    f'data_dir = "{self.data_dir or self.workdir / "gateway"}"',
                     "[coap]",
                     'host = "127.0.0.1"',
                     f"port = {self.coap_port}",
@@ -293,6 +298,8 @@ class Gateway:
                     "backoff_initial_s = 0.2",
                     "backoff_max_s = 2.0",
                     "timeout_s = 5",
+                    *(["[queue]", f"retry_after_s = {self.retry_after_s}"]
+                      if self.retry_after_s is not None else []),
                     *(["[cloud]", *([f'ca_file = "{self.ca_file}"'] if self.ca_file else []),
                        f"pin_sha256 = {json.dumps(list(self.pins))}"]
                       if self.ca_file or self.pins else []),

@@ -264,7 +264,11 @@ class CoapIngress(Ingress):
             ctx, self._ctx = self._ctx, None
             await ctx.shutdown()
             if self.credentials is not None:  # no request is taken any more: exact windows
-                self.credentials.save_windows()
+                try:
+                    self.credentials.save_windows()
+                except OSError as exc:  # e.g. a full disk: not saved is safe (Echo at start)
+                    log.error("oscore: replay windows not saved (%s): nodes get an Echo "
+                              "challenge after the restart", exc)
             log.info("coap stopped")
 
     @property

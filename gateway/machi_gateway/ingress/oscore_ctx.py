@@ -41,6 +41,7 @@ not known yet: the normal first request after a start, not an attack by itself).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -119,15 +120,24 @@ class SenderSequence:
         """Make sure every number below ``next_seq`` is covered by the stored mark."""
         if next_seq <= self._marks.get(name, 0):
             return
-        self._marks[name] = next_seq + self.block
+        # the new mark counts only once it is on disk: if the write fails (a full disk) the
+        # error reaches aiocoap, nothing is sent with that number, and the next number tries
+        # the write again (a mark raised in memory only would let a crash reuse nonces)
+        marks = {**self._marks, name: next_seq + self.block}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps(self._marks).encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, json.dumps(marks).encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._marks = marks
         self.writes += 1
 
 
@@ -190,14 +200,19 @@ class ReplayWindows:
         if not windows:
             return 0
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps({"windows": {k: list(v) for k, v in windows.items()}})
-                     .encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, json.dumps({"windows": {k: list(v) for k, v in windows.items()}})
+                         .encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:  # a full disk: no half-written file left to take the space
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         _fsync_dir(self.path.parent)
         log.info("oscore: %d replay windows saved for the next start", len(windows))
         return len(windows)

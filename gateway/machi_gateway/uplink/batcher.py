@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import BatchConflict, UplinkError, UplinkRefused
+from ..errors import BatchConflict, StoreError, UplinkError, UplinkRefused
 from ..store import Store
 from .base import Batch, Uplink
 
@@ -85,7 +85,9 @@ class Batcher:
                 await self._wait_until_due()
             try:
                 await self._send_one()
-            except UplinkError as exc:
+            except (UplinkError, StoreError) as exc:
+                # StoreError: the queue could not record the answer (disk full): the same
+                # batch goes again once it can; the cloud answers it idempotently
                 await asyncio.sleep(self._failed(exc))
 
     async def drain(self, timeout_s: float) -> None:
@@ -99,7 +101,7 @@ class Batcher:
         except TimeoutError:
             log.info("uplink: last flush stopped after %.1f s, %d readings stay queued",
                      timeout_s, self.store.depth)
-        except UplinkError as exc:
+        except (UplinkError, StoreError) as exc:
             self._failed(exc)
             log.info("uplink: last flush failed, %d readings stay queued", self.store.depth)
         else:
@@ -164,7 +166,7 @@ class Batcher:
         log.info("uplink: batch %s: %d acked, %d rejected, %d waiting",
                  batch.batch_id, deleted, dead, self.store.depth)
 
-    def _failed(self, exc: UplinkError) -> float:
+    def _failed(self, exc: UplinkError | StoreError) -> float:
         self.failures += 1
         self.last_error = str(exc)
         delay = self.policy.backoff(self.failures, self._rng)
