@@ -13,7 +13,6 @@ travels OSCORE-protected (docs/security.md §2.9).
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +25,15 @@ from rich.table import Table
 from rich.text import Text
 
 from .cloudapi import CloudClient
-from .system import Cloud, Fleet, Gateway, NodeSpec, fleet_specs, write_devices_file
+from .system import (
+    Cloud,
+    Fleet,
+    Gateway,
+    NodeSpec,
+    fleet_specs,
+    new_token,
+    write_devices_file,
+)
 
 SHOWN_METRICS = ("temp", "hum", "pm25", "fill", "lamp", "dim", "power", "bat")
 
@@ -107,7 +114,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         interval_s=options.interval_s,
     )
     expected = [s.device_id for s in specs]
-    admin, operator = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    admin, operator = new_token(12), new_token(12)
     cloud = Cloud(workdir=workdir,
                   api_tokens=f"demo-admin=admin:{admin},demo-operator=operator:{operator}")
     gateway: Gateway | None = None

@@ -31,6 +31,7 @@ from .system import (
     CoapProfile,
     Fleet,
     Gateway,
+    NodeEvent,
     fleet_specs,
     with_radio_ids,
     write_devices_file,
@@ -95,6 +96,9 @@ class Report:
     lost: dict[str, list[int]] = field(default_factory=dict)
     duplicated: dict[str, list[int]] = field(default_factory=dict)
     unexpected: dict[str, list[int]] = field(default_factory=dict)
+    # stored, not in a `rec` line, but the one reading a node was writing when its process
+    # was killed: in the ring (durable) before the log line could be printed (_unlogged)
+    unlogged: dict[str, list[int]] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     dropped_by_nodes: int = 0
     ack_ms: dict[str, float] = field(default_factory=dict)
@@ -120,6 +124,7 @@ class Report:
         return (
             f"scenario {self.scenario} seed={self.seed}: produced {self.produced}, stored "
             f"{self.stored}, lost {lost}, duplicated {dup}, rejected {self.rejected or 0}, "
+            f"written but killed before logged {sum(len(v) for v in self.unlogged.values())}, "
             f"dropped by nodes {self.dropped_by_nodes}, ACK latency ms {self.ack_ms}, "
             f"{self.seconds:.1f}s; gateway {self.gateway_resources}; "
             f"node processes {self.node_resources}; "
@@ -301,6 +306,34 @@ def _cloud_seqs(client: httpx.Client, device: str) -> Counter[int]:
     return counts
 
 
+def _unlogged(events: list[NodeEvent]) -> set[int]:
+    """Seqs a node may have stored without a `rec` line: per run of its process that ended
+    without a `stop` line (killed), the one after its last `rec` (or its first seq).
+
+    The node writes a reading to its ring, then logs `rec`: a kill between the two leaves
+    a durable reading the log never promised, sent after the restart. Anything else the
+    cloud holds that no `rec` line names stays `unexpected` (a made-up reading).
+    """
+    out: set[int] = set()
+    last: int | None = None
+    first_seq = 0
+    running = False
+    for e in events:
+        if e.event == "start":
+            if running:
+                out.add(last + 1 if last is not None else first_seq)
+            running, last = True, None
+            first_seq = int(e.fields.get("seq", 0))
+        elif e.event == "rec":
+            seq = int(e.fields["seq"])
+            last = seq if last is None else max(last, seq)
+        elif e.event == "stop":
+            running = False
+    if running:
+        out.add(last + 1 if last is not None else first_seq)
+    return out
+
+
 def run_scenario(scenario: Scenario, workdir: Path) -> Report:
     started = time.monotonic()
     run = _Run(scenario, workdir)
@@ -312,6 +345,7 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
         report.node_resources = _watch_nodes(run.fleet, scenario.timeout_s)
         report.node_exit_codes = run.fleet.wait(timeout=10)
         expected = {n.spec.device_id: set(n.recorded_seqs()) for n in run.fleet.nodes}
+        unlogged = {n.spec.device_id: _unlogged(n.events()) for n in run.fleet.nodes}
         report.produced = sum(len(v) for v in expected.values())
         with httpx.Client(base_url=run.cloud.url, timeout=10) as client:
             deadline = time.monotonic() + 60
@@ -328,7 +362,10 @@ def run_scenario(scenario: Scenario, workdir: Path) -> Report:
                 report.lost[dev] = missing
             if dup := sorted(s for s, n in have.items() if n > 1):
                 report.duplicated[dev] = dup
-            if extra := sorted(set(have) - seqs):
+            not_promised = set(have) - seqs
+            if killed := sorted(not_promised & unlogged[dev]):
+                report.unlogged[dev] = killed
+            if extra := sorted(not_promised - unlogged[dev]):
                 report.unexpected[dev] = extra
         events = [e for n in run.fleet.nodes for e in n.events()]
         report.rejected = dict(Counter(e.fields.get("code", "?") for e in events

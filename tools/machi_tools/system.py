@@ -33,6 +33,15 @@ _LOG_LINE = re.compile(r"^(?P<level>[IWE]) (?P<device>\S+) (?P<event>\w+)(?P<res
 _KV = re.compile(r"(\w+)=(\S+)")
 
 
+def new_token(nbytes: int) -> str:
+    """A random URL-safe token that does not start with "-": people paste tokens after
+    options (`--admin-token X`), and argparse would take "-abc..." for an option."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
+
+
 @dataclass(frozen=True)
 class CoapProfile:
     """CoAP retransmission parameters for emulated nodes (RFC 7252 defaults)."""
@@ -184,7 +193,7 @@ class Cloud:
 
     workdir: Path
     gateway_id: str = "gw-01"
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    token: str = field(default_factory=lambda: new_token(24))
     process: ManagedProcess | None = None
     url: str = ""
     port: int = 0  # 0: a free port at first start; a restart keeps the port it got

@@ -17,6 +17,7 @@ import pytest
 
 from machi_tools.emuboard import EmuBoard
 from machi_tools.procs import executable
+from machi_tools.system import new_token
 
 MachiRunner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -47,7 +48,7 @@ def emuboard(tmp_path: Path) -> Iterator[EmuBoard]:
 class FakeCloud:
     """Just the two C4 endpoints provisioning calls, over real HTTP on 127.0.0.1."""
 
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    token: str = field(default_factory=lambda: new_token(16))
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)

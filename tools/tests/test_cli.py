@@ -132,3 +132,13 @@ def test_audit_verify_detects_an_edited_row(tmp_path: Path) -> None:
     bad = run_machi("audit", "verify", "--db", db)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "TAMPERED" in bad.stdout
+
+
+def test_tokens_never_start_with_a_dash() -> None:
+    # a token pasted after `--admin-token` must not look like an option to argparse
+    # (a CI run once drew one that did)
+    from machi_tools.system import new_token
+
+    tokens = [new_token(12) for _ in range(3000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and all(len(t) == 16 for t in tokens)
