@@ -19,14 +19,13 @@ from typing import Any
 import aiocoap
 import cbor2
 import pytest
-from aiocoap import oscore as aio_oscore
 from aiocoap.message import Direction
 
 from machi_gateway.config import from_mapping
 from machi_gateway.core import Core
 from machi_gateway.errors import ConfigError
 from machi_gateway.ingress.coap import CoapIngress
-from machi_gateway.ingress.oscore_ctx import SenderSequence
+from machi_gateway.ingress.oscore_ctx import NodeSideContext, SenderSequence
 from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
@@ -37,30 +36,6 @@ TIMEOUT = 20.0
 _mid = [0x3000]
 
 
-class NodeContext(
-    aio_oscore.CanProtect,  # type: ignore[misc]
-    aio_oscore.CanUnprotect,  # type: ignore[misc]
-    aio_oscore.SecurityContextUtils,  # type: ignore[misc]
-):
-    """A node's side: Sender ID = short_id (2 bytes BE), Recipient ID empty."""
-
-    def __init__(self, short_id: int, key: bytes) -> None:
-        self.sender_id = short_id.to_bytes(2, "big")
-        self.recipient_id = b""
-        self.id_context = None
-        self.alg_aead = aio_oscore.algorithms["AES-CCM-16-64-128"]
-        self.hashfun = aio_oscore.hashfunctions["sha256"]
-        self.derive_keys(b"", key)
-        self.sender_sequence_number = 0
-        self.recipient_replay_window = aio_oscore.ReplayWindow(32, lambda: None)
-        self.recipient_replay_window.initialize_empty()
-        self.echo_recovery = None
-
-    def post_seqnoincrease(self) -> None:
-        pass
-
-    def context_from_response(self, unprotected_bag: Any) -> NodeContext:
-        return self
 
 
 def pack(device: str, seq: int) -> bytes:
@@ -79,7 +54,7 @@ async def exchange(port: int, data: bytes) -> aiocoap.Message:
     return await asyncio.to_thread(_exchange, port, data)
 
 
-def protect(ctx: NodeContext, payload: bytes, echo: bytes | None = None
+def protect(ctx: NodeSideContext, payload: bytes, echo: bytes | None = None
             ) -> tuple[bytes, Any]:
     _mid[0] += 1
     msg = aiocoap.Message(code=aiocoap.POST, uri_path=("r",), content_format=112,
@@ -99,7 +74,7 @@ class Answer:
     echoed: bool = False
 
 
-async def post(port: int, ctx: NodeContext, payload: bytes) -> Answer:
+async def post(port: int, ctx: NodeSideContext, payload: bytes) -> Answer:
     """POST a protected reading; follow one Echo challenge like the firmware does."""
     echo: bytes | None = None
     while True:
@@ -168,7 +143,7 @@ def plain(payload: bytes) -> bytes:
 
 
 async def test_protected_reading_stored_after_one_echo_plain_refused(gw: Gw) -> None:
-    node = NodeContext(1, KEY1)
+    node = NodeSideContext(1, KEY1)
     a = await post(gw.port, node, pack("env-0001", 1))
     assert a.inner is not None and a.echoed  # a fresh context: Echo first (security.md §2.4)
     assert (a.outer.code, a.inner.code) == (aiocoap.CHANGED, aiocoap.CHANGED)
@@ -184,7 +159,7 @@ async def test_protected_reading_stored_after_one_echo_plain_refused(gw: Gw) -> 
 
 
 async def test_reading_in_another_devices_name_is_refused(gw: Gw) -> None:
-    node = NodeContext(1, KEY1)
+    node = NodeSideContext(1, KEY1)
     a = await post(gw.port, node, pack("env-0003", 7))  # env-0001's key, env-0003's name
     assert a.inner is not None and a.inner.code == aiocoap.UNAUTHORIZED
     assert b"env-0001" in a.inner.payload or a.inner.payload == b""
@@ -192,16 +167,16 @@ async def test_reading_in_another_devices_name_is_refused(gw: Gw) -> None:
 
 
 async def test_wrong_key_unknown_kid_and_replay_are_refused(gw: Gw) -> None:
-    wrong = NodeContext(1, KEY3)
+    wrong = NodeSideContext(1, KEY3)
     data, _ = protect(wrong, pack("env-0001", 1))
     r = await exchange(gw.port, data)
     assert r.code == aiocoap.BAD_REQUEST and r.opt.oscore is None  # decryption failed
-    data, _ = protect(NodeContext(9, KEY1), pack("env-0001", 1))  # kid 9 is not registered
+    data, _ = protect(NodeSideContext(9, KEY1), pack("env-0001", 1))  # kid 9 is not registered
     r = await exchange(gw.port, data)
     assert r.code == aiocoap.UNAUTHORIZED and r.opt.oscore is None
     assert gw.store.depth == 0
     # a captured datagram sent again from another port (no CoAP deduplication)
-    node = NodeContext(1, KEY1)
+    node = NodeSideContext(1, KEY1)
     assert (await post(gw.port, node, pack("env-0001", 1))).inner is not None
     data, _ = protect(node, pack("env-0001", 2))
     first = await exchange(gw.port, data)
@@ -213,14 +188,14 @@ async def test_wrong_key_unknown_kid_and_replay_are_refused(gw: Gw) -> None:
 
 
 async def test_registry_changes_apply_without_restart(gw: Gw) -> None:
-    node5 = NodeContext(5, KEY1)
+    node5 = NodeSideContext(5, KEY1)
     data, _ = protect(node5, pack("env-0005", 1))
     assert (await exchange(gw.port, data)).code == aiocoap.UNAUTHORIZED  # not yet known
     gw.write_devices([*DEVICES, {"id": "env-0005", "type": "env", "short_id": 5,
                                  "key": KEY1.hex()}])
     a = await post(gw.port, node5, pack("env-0005", 2))
     assert a.inner is not None and a.inner.code == aiocoap.CHANGED
-    node1 = NodeContext(1, KEY1)
+    node1 = NodeSideContext(1, KEY1)
     assert (await post(gw.port, node1, pack("env-0001", 1))).inner is not None
     # revoke env-0001: its next protected request is refused, unprotected 4.01
     gw.write_devices([{**DEVICES[0], "revoked": True}, DEVICES[1],
@@ -233,7 +208,7 @@ async def test_registry_changes_apply_without_restart(gw: Gw) -> None:
                                    "key": new.hex()}])
     data, _ = protect(node5, pack("env-0005", 3))
     assert (await exchange(gw.port, data)).code == aiocoap.BAD_REQUEST
-    a = await post(gw.port, NodeContext(5, new), pack("env-0005", 4))
+    a = await post(gw.port, NodeSideContext(5, new), pack("env-0005", 4))
     assert a.inner is not None and a.inner.code == aiocoap.CHANGED
     assert gw.store.depth == 3
 
@@ -241,7 +216,7 @@ async def test_registry_changes_apply_without_restart(gw: Gw) -> None:
 async def test_optional_mode_takes_both_and_off_mode_only_plain(gw_factory: Any) -> None:
     async for g in gw_factory("optional"):
         assert (await exchange(g.port, plain(pack("env-0001", 1)))).code == aiocoap.CHANGED
-        node3 = NodeContext(3, KEY3)
+        node3 = NodeSideContext(3, KEY3)
         a = await post(g.port, node3, pack("env-0003", 1))
         assert a.inner is not None and a.inner.code == aiocoap.CHANGED
         a = await post(g.port, node3, pack("env-0001", 2))
@@ -249,7 +224,7 @@ async def test_optional_mode_takes_both_and_off_mode_only_plain(gw_factory: Any)
         assert g.store.depth == 2
     async for g in gw_factory("off"):
         assert (await exchange(g.port, plain(pack("env-0001", 1)))).code == aiocoap.CHANGED
-        data, _ = protect(NodeContext(3, KEY3), pack("env-0003", 1))
+        data, _ = protect(NodeSideContext(3, KEY3), pack("env-0003", 1))
         r = await exchange(g.port, data)
         assert r.code != aiocoap.CHANGED and r.opt.oscore is None
         assert g.store.depth == 1

@@ -24,7 +24,7 @@ from aiocoap.message import Direction
 from machi_gateway.core import Core
 from machi_gateway.health import Snapshot
 from machi_gateway.ingress.coap import CoapIngress
-from machi_gateway.ingress.oscore_ctx import refusal_reason
+from machi_gateway.ingress.oscore_ctx import NodeSideContext, refusal_reason
 from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
@@ -35,27 +35,6 @@ TIMEOUT = 20.0
 _mid = [0x5000]
 
 
-class NodeContext(
-    aio_oscore.CanProtect,  # type: ignore[misc]
-    aio_oscore.CanUnprotect,  # type: ignore[misc]
-    aio_oscore.SecurityContextUtils,  # type: ignore[misc]
-):
-    """A node's side: Sender ID = short_id (2 bytes BE), Recipient ID empty."""
-
-    def __init__(self, short_id: int, key: bytes) -> None:
-        self.sender_id = short_id.to_bytes(2, "big")
-        self.recipient_id = b""
-        self.id_context = None
-        self.alg_aead = aio_oscore.algorithms["AES-CCM-16-64-128"]
-        self.hashfun = aio_oscore.hashfunctions["sha256"]
-        self.derive_keys(b"", key)
-        self.sender_sequence_number = 0
-        self.recipient_replay_window = aio_oscore.ReplayWindow(32, lambda: None)
-        self.recipient_replay_window.initialize_empty()
-        self.echo_recovery = None
-
-    def post_seqnoincrease(self) -> None:
-        pass
 
 
 def _reading(seq: int) -> bytes:
@@ -63,7 +42,7 @@ def _reading(seq: int) -> bytes:
                               {0: "temp", 1: "Cel", 2: 21}]))
 
 
-def protect(ctx: NodeContext, payload: bytes, echo: bytes | None = None) -> tuple[bytes, Any]:
+def protect(ctx: NodeSideContext, payload: bytes, echo: bytes | None = None) -> tuple[bytes, Any]:
     _mid[0] += 1
     msg = aiocoap.Message(code=aiocoap.POST, uri_path=("r",), content_format=112,
                           payload=payload)
@@ -107,7 +86,7 @@ async def gw(tmp_path: Path) -> AsyncIterator[tuple[int, IngressStats, Store]]:
 async def test_oscore_refusals_are_counted_by_reason(
         gw: tuple[int, IngressStats, Store]) -> None:
     port, stats, store = gw
-    node = NodeContext(1, KEY1)
+    node = NodeSideContext(1, KEY1)
 
     # a fresh context: the first request is answered with the Echo challenge
     data, req = protect(node, _reading(1))
@@ -125,11 +104,11 @@ async def test_oscore_refusals_are_counted_by_reason(
     r = await exchange(port, captured)
     assert r.code == aiocoap.UNAUTHORIZED and r.payload == b"Replay detected"
     # wrong key: decryption fails
-    r = await exchange(port, protect(NodeContext(1, KEY3), _reading(2))[0])
+    r = await exchange(port, protect(NodeSideContext(1, KEY3), _reading(2))[0])
     assert r.code == aiocoap.BAD_REQUEST
     # a kid nobody has, and a revoked device's kid: no context
     for kid in (9, 2):
-        r = await exchange(port, protect(NodeContext(kid, KEY1), _reading(2))[0])
+        r = await exchange(port, protect(NodeSideContext(kid, KEY1), _reading(2))[0])
         assert r.code == aiocoap.UNAUTHORIZED and r.opt.oscore is None
     # an OSCORE option with reserved flag bits set does not even parse: 4.02
     _mid[0] += 1
@@ -155,7 +134,7 @@ def test_refusal_reason_maps_the_subclasses_first() -> None:
     assert refusal_reason(aio_oscore.ProtectionInvalid("x")) == "oscore-decrypt"
 
 
-async def _post(port: int, node: NodeContext, seq: int) -> tuple[aiocoap.Message, bytes, bool]:
+async def _post(port: int, node: NodeSideContext, seq: int) -> tuple[aiocoap.Message, bytes, bool]:
     """POST one reading, following an Echo; (inner answer, datagram accepted, echoed)."""
     data, req = protect(node, _reading(seq))
     inner, _ = node.unprotect(await exchange(port, data), req)
@@ -174,7 +153,7 @@ async def test_clean_stop_keeps_replay_windows_a_crash_does_not(tmp_path: Path) 
     assert registry.reload_if_changed()
     seq_file = tmp_path / "oscore-seq.json"
     windows = tmp_path / "oscore-seq.windows.json"
-    node = NodeContext(1, KEY1)
+    node = NodeSideContext(1, KEY1)
     async with Store(tmp_path / "q.db", max_readings=100, retry_after_s=30,
                      dedup_window_s=3600) as store:
         core = Core(registry, store, IngressStats())

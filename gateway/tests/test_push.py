@@ -19,7 +19,6 @@ from typing import Any
 import aiocoap
 import cbor2
 import pytest
-from aiocoap import oscore as aio_oscore
 from aiocoap.message import Direction
 
 from machi_gateway.config import from_mapping
@@ -28,6 +27,7 @@ from machi_gateway.downlink.push import Pusher
 from machi_gateway.downlink.queue import CloudCommand, CommandQueue
 from machi_gateway.errors import ConfigError
 from machi_gateway.ingress.coap import CoapIngress
+from machi_gateway.ingress.oscore_ctx import NodeSideContext
 from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
@@ -41,30 +41,6 @@ DEVICES = [
 ]
 
 
-class NodeContext(
-    aio_oscore.CanProtect,  # type: ignore[misc]
-    aio_oscore.CanUnprotect,  # type: ignore[misc]
-    aio_oscore.SecurityContextUtils,  # type: ignore[misc]
-):
-    """The node's side: Sender ID its short id, Recipient ID empty (the gateway)."""
-
-    def __init__(self) -> None:
-        self.sender_id = SHORT_ID.to_bytes(2, "big")
-        self.recipient_id = b""
-        self.id_context = None
-        self.alg_aead = aio_oscore.algorithms["AES-CCM-16-64-128"]
-        self.hashfun = aio_oscore.hashfunctions["sha256"]
-        self.derive_keys(b"", KEY)
-        self.sender_sequence_number = 0
-        self.recipient_replay_window = aio_oscore.ReplayWindow(32, lambda: None)
-        self.recipient_replay_window.initialize_empty()
-        self.echo_recovery = None
-
-    def post_seqnoincrease(self) -> None:
-        pass
-
-    def context_from_response(self, unprotected_bag: Any) -> NodeContext:
-        return self
 
 
 class Node(asyncio.DatagramProtocol):
@@ -74,7 +50,7 @@ class Node(asyncio.DatagramProtocol):
         self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.transport: asyncio.DatagramTransport | None = None
         self.mid = 0x100
-        self.ctx: NodeContext | None = None
+        self.ctx: NodeSideContext | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -159,7 +135,7 @@ async def gw_factory(tmp_path: Path) -> AsyncIterator[Any]:
                 transport, node = await loop.create_datagram_endpoint(
                     Node, remote_addr=("127.0.0.1", coap.address[1]))
                 if oscore:
-                    node.ctx = NodeContext()
+                    node.ctx = NodeSideContext(SHORT_ID, KEY)
                 try:
                     yield Gw(coap, queue, pusher, node)
                 finally:

@@ -559,18 +559,7 @@ class _Prepared:
                 prev = latest.get((device, name))
                 if prev is None or seq > prev[1]:
                     latest[(device, name)] = row
-            seen_at = t if rc is None else rc
-            stats = devices.get(device)
-            if stats is None:
-                devices[device] = [seen_at, seen_at, seq, 1]
-            else:
-                if seen_at < stats[0]:
-                    stats[0] = seen_at
-                if seen_at > stats[1]:
-                    stats[1] = seen_at
-                if seq > stats[2]:
-                    stats[2] = seq
-                stats[3] += 1
+            rows.tally(devices, device, seq, t if rc is None else rc)
         # latest's columns are (device, metric, seq, ...): measurements' with 2 and 3 swapped
         l_rows = [(d, n, q, *rest) for d, q, n, *rest in latest.values()]
         l_cols = tuple(list(col) for col in zip(*l_rows, strict=True)) or tuple(

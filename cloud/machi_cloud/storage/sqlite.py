@@ -330,18 +330,7 @@ class SQLiteStorage(Storage):
                 prev = latest.get(key)
                 if prev is None or seq > prev[0]:
                     latest[key] = (seq, t, m)
-            seen_at = t if rc is None else rc
-            stats = devices.get(device)
-            if stats is None:
-                devices[device] = [seen_at, seen_at, seq, 1]
-            else:
-                if seen_at < stats[0]:
-                    stats[0] = seen_at
-                if seen_at > stats[1]:
-                    stats[1] = seen_at
-                if seq > stats[2]:
-                    stats[2] = seq
-                stats[3] += 1
+            rows.tally(devices, device, seq, t if rc is None else rc)
         conn.executemany(_INSERT_MEASUREMENT, measurements)
         conn.executemany(
             _UPSERT_LATEST,

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -44,7 +43,7 @@ from aiocoap.numbers.constants import Reliable
 
 from ..ingress.coap import CoapIngress
 from ..registry import Registry
-from .queue import EXP_S, OPEN_STATES, CommandQueue
+from .queue import EXP_S, CommandQueue
 
 log = logging.getLogger(__name__)
 
@@ -76,50 +75,6 @@ def _tuning(ack_timeout_s: float, max_retransmit: int) -> Reliable:
     return t
 
 
-async def open_commands(queue: CommandQueue, device: str, now: float) -> list[OpenCommand]:
-    """The device's commands without a result yet and not expired, oldest first."""
-    def job() -> list[OpenCommand]:
-        db = queue._conn
-        assert db is not None
-        placeholders = ",".join("?" * len(OPEN_STATES))
-        rows = db.execute(
-            f"SELECT id, cid, name, args, expires FROM commands WHERE device = ? AND state "
-            f"IN ({placeholders}) AND expires > ? ORDER BY created, rowid",
-            (device, *OPEN_STATES, now)).fetchall()
-        return [OpenCommand(r[0], r[1], r[2], cbor2.loads(r[3]), r[4]) for r in rows]
-    return await queue._run(job)
-
-
-async def apply_result(queue: CommandQueue, command: str, result: str) -> bool:
-    """The node answered a push with ``result``: the same moves as a ``cmd/<cid>`` report
-    in a reading (queue.py): every state in between, then executed/failed. False when the
-    command is closed already (the ACK path got its result first)."""
-    def job(db: sqlite3.Connection) -> str | None:
-        row = db.execute("SELECT device, state FROM commands WHERE id = ?",
-                         (command,)).fetchone()
-        if row is None or row[1] not in OPEN_STATES:
-            return None
-        device, state = row
-        if state == "queued":
-            queue._report(db, command, "sent")
-        if state != "acknowledged":
-            queue._report(db, command, "acknowledged")
-        if result == "ok" or result.startswith("ok:"):
-            queue._report(db, command, "executed", result.removeprefix("ok")[1:200])
-        else:
-            queue._report(db, command, "failed", result.removeprefix("err:")[:200])
-        return str(device)
-
-    device = await queue._run(queue._tx, job)
-    if device is None:
-        return False
-    queue._open[device] -= 1
-    if queue._open[device] <= 0:
-        del queue._open[device]
-    queue._reported()
-    return True
-
-
 class Pusher:
     """Sends new commands to always-on nodes at once; :meth:`run` as a background task."""
 
@@ -145,9 +100,9 @@ class Pusher:
     def attach(self, ingress: CoapIngress) -> None:
         """The started CoAP server: its socket sends the push (the node's socket is
         connected to it), its ``peers`` map names where each node's last reading came from."""
-        if ingress._ctx is None:
+        if ingress.context is None:
             raise RuntimeError("push: the CoAP ingress is not started")
-        self._context = ingress._ctx
+        self._context = ingress.context
         self._peers = ingress.peers
 
     def offer(self, devices: Iterable[str]) -> None:
@@ -189,7 +144,8 @@ class Pusher:
         if not self.pushable(device):
             return 0
         done = 0
-        for cmd in await open_commands(self.queue, device, self._clock()):
+        for row in await self.queue.open_for(device, self._clock()):
+            cmd = OpenCommand(*row)
             if cmd.id in self._tried:
                 continue
             self._tried[cmd.id] = None
@@ -200,7 +156,7 @@ class Pusher:
                 self.failed += 1
                 break  # unreachable or asleep: this and the rest go in the next ACK
             self.pushed += 1
-            if await apply_result(self.queue, cmd.id, result):
+            if await self.queue.apply_result(cmd.id, result):
                 done += 1
             log.info("push %s cid %d (%s) to %s: %s", cmd.id, cmd.cid, cmd.name, device,
                      result)

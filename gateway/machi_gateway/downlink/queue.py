@@ -268,11 +268,60 @@ class CommandQueue:
 
         done: tuple[tuple[WireCommand, ...], int] = await self._run(self._tx, job)
         out, closed = done
-        self._open[device] -= closed
-        if self._open[device] <= 0:
-            del self._open[device]
+        self._closed(device, closed)
         self._reported()
         return out
+
+    def _closed(self, device: str, n: int) -> None:
+        self._open[device] -= n
+        if self._open[device] <= 0:
+            del self._open[device]
+
+    def _close_with(self, db: sqlite3.Connection, command: str, state: str,
+                    result: str) -> None:
+        """The node's result for a sent command: every state in between (states only move
+        forward, one by one), then executed ("ok", "ok:<detail>" e.g. an update's
+        "ok:pending") or failed."""
+        if state == "queued":
+            self._report(db, command, "sent")
+        if state != "acknowledged":
+            self._report(db, command, "acknowledged")
+        if result == "ok" or result.startswith("ok:"):
+            self._report(db, command, "executed", result.removeprefix("ok")[1:200])
+        else:
+            self._report(db, command, "failed", result.removeprefix("err:")[:200])
+
+    async def apply_result(self, command: str, result: str) -> bool:
+        """A result that came outside a reading (a pushed command's answer, push.py): the
+        same moves as a ``cmd/<cid>`` report. False when the command is closed already."""
+        def job(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT device, state FROM commands WHERE id = ?",
+                             (command,)).fetchone()
+            if row is None or row[1] not in OPEN_STATES:
+                return None
+            self._close_with(db, command, row[1], result)
+            return str(row[0])
+
+        device = await self._run(self._tx, job)
+        if device is None:
+            return False
+        self._closed(device, 1)
+        self._reported()
+        return True
+
+    async def open_for(self, device: str, now: float
+                       ) -> list[tuple[str, int, str, dict[str, Any], float]]:
+        """``device``'s commands without a result and not expired, oldest first:
+        (id, cid, name, args, expires)."""
+        def job() -> list[tuple[str, int, str, dict[str, Any], float]]:
+            assert self._conn is not None
+            placeholders = ",".join("?" * len(OPEN_STATES))
+            rows = self._conn.execute(
+                f"SELECT id, cid, name, args, expires FROM commands WHERE device = ? AND "
+                f"state IN ({placeholders}) AND expires > ? ORDER BY created, rowid",
+                (device, *OPEN_STATES, now)).fetchall()
+            return [(r[0], r[1], r[2], cbor2.loads(r[3]), r[4]) for r in rows]
+        return await self._run(job)
 
     def _on_reading(self, db: sqlite3.Connection, device: str, seq: int,
                     results: Mapping[int, str]) -> tuple[tuple[WireCommand, ...], int]:
@@ -286,13 +335,7 @@ class CommandQueue:
         out: list[WireCommand] = []
         for cid_, cid, name, args, expires, state, sent_seq in rows:
             if cid in results and state != "queued":  # a queued one was never sent: a
-                result = results[cid]                  # result for its cid is stale
-                if state != "acknowledged":  # states only move forward, one by one
-                    self._report(db, cid_, "acknowledged")
-                if result == "ok" or result.startswith("ok:"):  # "ok:pending": an update
-                    self._report(db, cid_, "executed", result.removeprefix("ok")[1:200])
-                else:
-                    self._report(db, cid_, "failed", result.removeprefix("err:")[:200])
+                self._close_with(db, cid_, state, results[cid])  # result for it is stale
                 closed += 1
                 continue
             if expires <= now:
@@ -327,9 +370,7 @@ class CommandQueue:
             return [d for _, d in rows]
         devices = await self._run(self._tx, job)
         for d in devices:
-            self._open[d] -= 1
-            if self._open[d] <= 0:
-                del self._open[d]
+            self._closed(d, 1)
         if devices:
             log.info("%d commands expired", len(devices))
             self._reported()

@@ -246,6 +246,11 @@ class CoapIngress(Ingress):
         self._bound = (self.host, self._local_port(self._ctx))
         log.info("coap listening on [%s]:%d (oscore %s)", *self._bound, self.oscore)
 
+    @property
+    def context(self) -> aiocoap.Context | None:
+        """The running server's context: downlink/push.py sends from its socket."""
+        return self._ctx
+
     @staticmethod
     def _local_port(ctx: aiocoap.Context) -> int:
         # aiocoap binds the socket itself; its udp6 transport object is the only place

@@ -324,6 +324,33 @@ class RegistryCredentials:
         return set()
 
 
+class NodeSideContext(
+    oscore.CanProtect,  # type: ignore[misc]  # untyped library
+    oscore.CanUnprotect,  # type: ignore[misc]
+    oscore.SecurityContextUtils,  # type: ignore[misc]
+):
+    """The node's side of the same profile, in memory only: for CPython tools and tests that
+    speak to the gateway as a node (Sender ID = the short id, Recipient ID empty)."""
+
+    def __init__(self, short_id: int, key: bytes) -> None:
+        self.sender_id = node_kid(short_id)
+        self.recipient_id = b""
+        self.id_context = None
+        self.alg_aead = oscore.algorithms["AES-CCM-16-64-128"]
+        self.hashfun = oscore.hashfunctions["sha256"]
+        self.derive_keys(b"", key)
+        self.sender_sequence_number = 0
+        self.recipient_replay_window = oscore.ReplayWindow(WINDOW, lambda: None)
+        self.recipient_replay_window.initialize_empty()
+        self.echo_recovery = None
+
+    def post_seqnoincrease(self) -> None:
+        pass  # nothing to persist: a test's context lives for one run
+
+    def context_from_response(self, unprotected_bag: Any) -> NodeSideContext:
+        return self
+
+
 class CountingSiteWrapper(OscoreSiteWrapper):  # type: ignore[misc]  # untyped library
     """aiocoap's OSCORE site wrapper, counting the one refusal it makes before any context
     is involved: an OSCORE option that does not even parse. aiocoap lets that DecodeError
