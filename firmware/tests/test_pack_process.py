@@ -9,7 +9,6 @@ is started again: the waiting readings go several per request (docs/protocol.md 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
@@ -24,8 +23,9 @@ from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
 
+from .conftest import run_node_main
+
 pytestmark = pytest.mark.micropython
-MAIN = Path(__file__).resolve().parents[1] / "main.py"
 
 
 def _free_udp_port() -> int:
@@ -38,17 +38,7 @@ def _free_udp_port() -> int:
 async def _run_node(binary: str, tmp: Path, cfg: dict[str, Any], within: float) -> tuple[int, str]:
     path = tmp / "cfg.json"
     path.write_text(json.dumps(cfg))
-    proc = await asyncio.create_subprocess_exec(
-        binary, "-X", "heapsize=256K", str(MAIN), str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd="/")
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), within)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    return await run_node_main(binary, path, within)
 
 
 def _events(out: str, event: str) -> list[dict[str, str]]:

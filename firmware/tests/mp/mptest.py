@@ -21,6 +21,40 @@ def unhex(s):
     return binascii.unhexlify(s)
 
 
+def rmtree(path):
+    # a test's "flash" directory, removed with everything in it (no shutil here)
+    import os
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for n in names:
+        p = path + "/" + n
+        try:
+            os.remove(p)
+        except OSError:
+            rmtree(p)
+    os.rmdir(path)
+
+
+_IMAGES = {}
+
+
+def image(label, size):
+    # a deterministic firmware image (the vectors' makers build the same bytes), made once
+    # per (label, size): a fresh 20 KB bytes per use would fragment a small heap
+    key = (label, size)
+    if key not in _IMAGES:
+        import hashlib
+        out = bytearray()
+        i = 0
+        while len(out) < size:
+            out += hashlib.sha256(("%s:%d" % (label, i)).encode()).digest()
+            i += 1
+        _IMAGES[key] = bytes(out[:size])
+    return _IMAGES[key]
+
+
 def eq(a, b, msg=""):
     if a != b:
         raise AssertionError("%r != %r %s" % (a, b, msg))

@@ -5,7 +5,6 @@
 # next boot and is not accepted again; an interrupted download resumes where its progress
 # says, and a damaged partial download is caught by the digest.
 # Manifests: tests/vectors/fwupdate-manifests.json (signed by the host's `machi release`).
-import hashlib
 import os
 import sys
 
@@ -13,7 +12,7 @@ import coap
 import fwupdate
 import mptest
 from boards.slots_unix import Slots
-from mptest import eq, unhex
+from mptest import eq, image, rmtree, unhex
 
 _V = None
 _N = [0]
@@ -33,36 +32,13 @@ def _case(name):
     raise KeyError(name)
 
 
-def image(label, size):
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha256(("%s:%d" % (label, i)).encode()).digest()
-        i += 1
-    return bytes(out[:size])
-
-
-def _rmtree(d):
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return
-    for n in names:
-        p = d + "/" + n
-        try:
-            os.remove(p)
-        except OSError:
-            _rmtree(p)
-    os.rmdir(d)
-
-
 def _fresh():
     # a new "flash" per test; the previous one is removed (the last at exit)
     if _N[0]:
-        _rmtree(_dir(_N[0]))
+        rmtree(_dir(_N[0]))
     _N[0] += 1
     d = _dir(_N[0])
-    _rmtree(d)
+    rmtree(d)
     os.mkdir(d)
     return d
 
@@ -73,7 +49,7 @@ def _dir(n):
 
 def _cleanup():
     if _N[0]:
-        _rmtree(_dir(_N[0]))
+        rmtree(_dir(_N[0]))
 
 
 class Node:

@@ -17,20 +17,6 @@ N = 4
 COUNT = 5
 
 
-def _rmtree(path):
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for n in names:
-        p = path + "/" + n
-        try:
-            os.remove(p)
-        except OSError:
-            _rmtree(p)
-    os.rmdir(path)
-
-
 class Gateway:
     # answers every CON POST /r with a piggybacked 2.04; drops the first copy of every
     # third request, so the nodes' retransmission timers must wake the scheduler
@@ -140,7 +126,7 @@ def test_every_reading_of_every_node_acked_and_seq_stores_separate():
         for n in nodes:
             eq(gw.got[n.dev][COUNT:], [16, 17], n.dev)
     finally:
-        _rmtree(root)
+        mptest.rmtree(root)
 
 
 def test_a_late_duplicate_to_an_idle_node_is_read_once():
@@ -152,7 +138,7 @@ def test_a_late_duplicate_to_an_idle_node_is_read_once():
         eq(codes, [0])
         assert nodes[0].client.stray >= 2  # the duplicates of the first two ACKs
     finally:
-        _rmtree(root)
+        mptest.rmtree(root)
 
 
 def test_nodes_file_errors_name_the_node():

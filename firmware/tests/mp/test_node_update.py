@@ -15,7 +15,7 @@ import cbor
 import coap
 import mptest
 from apps import env_sensor
-from mptest import eq, unhex
+from mptest import eq, image, rmtree, unhex
 from nodefakes import T0, Gateway, ack, events, make_node
 
 _V = {}  # the vectors, loaded once mptest knows where they are
@@ -36,41 +36,8 @@ def _case(name):
     raise KeyError(name)
 
 
-_IMG = {}
-
-
-def image(label, size):
-    # built once per label: a 20 KB bytes per node would fragment a small heap
-    if label not in _IMG:
-        _IMG[label] = _image(label, size)
-    return _IMG[label]
-
-
-def _image(label, size):
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha256(("%s:%d" % (label, i)).encode()).digest()
-        i += 1
-    return bytes(out[:size])
-
-
-def _rmtree(d):
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return
-    for n in names:
-        p = d + "/" + n
-        try:
-            os.remove(p)
-        except OSError:
-            _rmtree(p)
-    os.rmdir(d)
-
-
 def _fresh(keys=True):
-    _rmtree(DIR)
+    rmtree(DIR)
     os.mkdir(DIR)
     if keys:
         with open(DIR + "/fw_keys.txt", "w") as f:
@@ -158,7 +125,7 @@ def test_update_pending_then_trial_then_confirmed():
     # and the boot after that is a normal one
     node3, _, _ = _node(lambda m, k: ack(m), d, 1)
     eq(node3.fw_boot(), "normal")
-    _rmtree(DIR)
+    rmtree(DIR)
 
 
 def test_trial_without_an_ack_rolls_back():
@@ -180,7 +147,7 @@ def test_trial_without_an_ack_rolls_back():
     eq(node3.fw_boot(), "rolled-back")
     rec = _boot_record(d)
     eq((rec["state"], rec["active"], rec["bad"], rec["floor"]), ("ok", 0, 2, 0))
-    _rmtree(DIR)
+    rmtree(DIR)
 
 
 def test_refusals_report_err_and_activate_nothing():
@@ -213,7 +180,7 @@ def test_refusals_report_err_and_activate_nothing():
     cmds[:] = [[6, "update", None]]
     node.run()
     eq(_reports(gw, 6), ["err:signature"])
-    _rmtree(DIR)
+    rmtree(DIR)
 
 
 mptest.run(globals())

@@ -114,19 +114,9 @@ sys.modules["esp32"] = fake
 import fwupdate  # noqa: E402
 from boards.slots_esp32 import Slots  # noqa: E402
 
+
 def _vec():
     return mptest.load_json("fwupdate-manifests.json")
-
-
-def _image(label, size):
-    import hashlib
-
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha256(("%s:%d" % (label, i)).encode()).digest()
-        i += 1
-    return bytes(out[:size])
 
 
 def _dir():
@@ -143,7 +133,7 @@ def _updater():
 def _install(up, name, label):
     c = [c for c in _vec()["cases"] if c["name"] == name][0]
     m = up.check(mptest.unhex(c["manifest"]))
-    img = _image(label, 20000)
+    img = mptest.image(label, 20000)
     up.install(m, lambda off: img[off : off + 512])
     return img
 
@@ -222,7 +212,7 @@ def test_overwriting_a_pending_image_unpends_it():
     _install(up, "good", "A")
     c = [c for c in _vec()["cases"] if c["name"] == "good-v3"][0]
     m = up.check(mptest.unhex(c["manifest"]))
-    img = _image("B", 20000)
+    img = mptest.image("B", 20000)
     n = [0]
 
     def cut(off):
