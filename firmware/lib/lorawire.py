@@ -5,8 +5,10 @@
 #   1..2   short id        u16 big endian (the registry's short_id, contract C4/C5)
 #   3..    seq             unsigned LEB128 varint, minimal, 1..9 bytes, < 2**63
 #   ..     values          CBOR array: one scaled integer (or null) per profile metric, in
-#                          the profile's order, then optionally one more item: the age of
-#                          the reading in seconds (sample time = receive time - age)
+#                          the profile's order, then optionally the age of the reading in
+#                          seconds (uint; sample time = receive time - age), then optionally
+#                          the command results: a map {cid: code}, code = index into
+#                          RESULTS or the result itself as text (at most TEXT_MAX bytes)
 #   n-4..  MIC             first 4 bytes of AES-CMAC (RFC 4493) over bytes 0..n-5,
 #                          key = the device's 16-byte key
 #
@@ -66,6 +68,14 @@ PROFILES = (
         ("mode", None, ENUM, 1, 0, ("auto", "on", "off"), True),
     )),
 )
+
+
+# Command results ("cmd/<cid>" measurements, node.py) as one-byte codes: the usual ones.
+# Any other result travels as text. Kept equal to profiles.json "results" by the same tests.
+RESULTS = ("ok", "ok:pending", "err:stale", "err:unknown", "err:args", "err:range",
+           "err:unsupported", "err:key", "err:value", "err:level", "err:mode", "err:type")
+TEXT_MAX = const(24)  # bytes of a result sent as text (longer ones are cut)
+_MAX_RESULTS = const(8)  # per frame (node.py keeps at most 8 waiting)
 
 
 class FrameError(ValueError):
@@ -192,29 +202,22 @@ class FrameEncoder:
         self._buf = bytearray(size)
         self._mv = memoryview(self._buf)
 
-    # measurements: [(name, unit, value), ...] as an app's sample() returns them (names the
-    # profile does not know, "err" and "cmd/<cid>" included, are not sent: "err" follows
-    # from the nulls). age_s: seconds since the sample, for a reading sent late.
+    # measurements: [(name, unit, value), ...] as an app's sample() returns them, with
+    # node.py's extras: "cmd/<cid>" results are sent (in the map after the age); "err"
+    # follows from the nulls; other names the profile does not know are not sent.
+    # age_s: seconds since the sample, for a reading sent late. Results that would not fit
+    # the buffer are left out (the gateway offers their command again, node.py reports it
+    # again), so a result never costs the reading.
     def encode(self, seq, measurements, age_s=0):
-        e = self._cbor
-        e.reset()
-        metrics = self.metrics
-        e.array(len(metrics) + (1 if age_s else 0))
-        for m in metrics:
-            k = None
-            for item in measurements:
-                if item[0] == m[0]:
-                    k = _scaled(m, item[2])
-                    break
-            if k is None:
-                e.none()
-            else:
-                e.int(k)
-        if age_s:
-            if age_s < 0:
-                raise FrameError("age must be >= 0")
-            e.int(int(age_s))
-        body = e.getvalue()
+        if age_s < 0:
+            raise FrameError("age must be >= 0")
+        res = _results(measurements)
+        room = len(self._buf) - HEADER_MAX - MIC_LEN
+        while True:
+            body = self._body(measurements, int(age_s), res)
+            if len(body) <= room or not res:
+                break
+            res.pop()
         b = self._buf
         need = HEADER_MAX + len(body) + MIC_LEN
         if need > len(b):
@@ -227,3 +230,66 @@ class FrameEncoder:
         tag = self._cmac.mac(self._mv[:p])
         b[p : p + MIC_LEN] = tag[:MIC_LEN]
         return self._mv[: p + MIC_LEN]
+
+    def _body(self, measurements, age_s, res):
+        e = self._cbor
+        e.reset()
+        metrics = self.metrics
+        e.array(len(metrics) + (1 if age_s else 0) + (1 if res else 0))
+        for m in metrics:
+            k = None
+            for item in measurements:
+                if item[0] == m[0]:
+                    k = _scaled(m, item[2])
+                    break
+            if k is None:
+                e.none()
+            else:
+                e.int(k)
+        if age_s:
+            e.int(age_s)
+        if res:
+            e.map(len(res))
+            for cid, code in res:
+                e.int(cid)
+                if isinstance(code, str):
+                    e.text(code)
+                else:
+                    e.int(code)
+        return e.getvalue()
+
+
+# The "cmd/<cid>" measurements -> [(cid, code or text)], each cid once, at most 8.
+def _results(measurements):
+    out = []  # type: list
+    for item in measurements:
+        name = item[0]
+        if len(out) >= _MAX_RESULTS or not isinstance(name, str) or name[:4] != "cmd/":
+            continue
+        try:
+            cid = int(name[4:])
+        except ValueError:
+            continue
+        if not 0 <= cid <= 0xFFFF:
+            continue
+        for o in out:
+            if o[0] == cid:
+                cid = -1
+        if cid < 0:
+            continue
+        r = item[2]
+        if not isinstance(r, str):
+            r = "err:bad report"  # what the gateway makes of it over CoAP, shortened
+        code = -1
+        for i in range(len(RESULTS)):
+            if RESULTS[i] == r:
+                code = i
+                break
+        if code >= 0:
+            out.append((cid, code))
+            continue
+        r = r[:TEXT_MAX]
+        while len(cbor.utf8(r)) > TEXT_MAX:
+            r = r[:-1]
+        out.append((cid, r))
+    return out

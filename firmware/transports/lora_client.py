@@ -2,7 +2,8 @@
 # poll, response, error, tries, rtt_ms and the counters of nodemain's stop line), so
 # lib/node.py runs unchanged over a radio. The reading is sent as the compact frame of
 # docs/protocol-lora.md instead of the SenML pack it is handed: start() decodes that pack
-# (seq, sample time, measurements) and transports/lora.py encodes the frame.
+# (seq, sample time, measurements, node.py's "cmd/<cid>" results among them) and
+# transports/lora.py encodes the frame (lorawire: the results go in its results map).
 #
 # Confirmed delivery (confirm=True, protocol-lora.md §8): the gateway answers every frame
 # whose reading is durable with a short MIC'd ack in the node's receive window, rx_delay_ms

@@ -63,7 +63,8 @@ def test_gateway_encoder_matches_vectors(vec: dict[str, Any]) -> None:
     assert dev.short_id is not None and dev.key is not None
     values = {n: v for n, _u, v in vec["input"]}
     out = frame.encode(profiles.by_name(vec["profile"]), dev.short_id, vec["seq"], dev.key,
-                       values, age_s=vec["age_s"])
+                       values, age_s=vec["age_s"],
+                       command_results={int(c): r for c, r in vec["results"].items()})
     assert out.hex() == vec["hex"]
 
 
@@ -97,6 +98,37 @@ def test_firmware_profile_table_is_the_gateway_table() -> None:
         assert prof.name == name
         assert [(m.name, m.unit, m.kind, m.step, m.offset, m.values or None, m.optional)
                 for m in prof.metrics] == [tuple(m) for m in metrics]
+
+
+def test_firmware_result_codes_are_the_gateway_table() -> None:
+    fw = _firmware_lorawire()
+    assert fw.RESULTS == profiles.results() and fw.TEXT_MAX == frame.TEXT_MAX
+    assert profiles.results()[0] == "ok"  # code 0 = ok: one byte for the usual answer
+
+
+def test_command_results_become_the_coap_paths_cmd_measurements() -> None:
+    vec = next(v for v in VECTORS["frames"] if v["name"] == "light-cmd-failed")
+    r = frame.decode(bytes.fromhex(vec["hex"]), registry_lookup=lookup, received=RECEIVED,
+                     transport="lora")
+    cmds = [(m.name, m.unit, m.value) for m in r.measurements if m.name.startswith("cmd/")]
+    assert cmds == [("cmd/200", None, "err:level"), ("cmd/201", None, "ok")]
+    # the core strips them into {cid: result} exactly as for a SenML pack
+    from machi_gateway.core import split_command_results
+    kept, results = split_command_results(r)
+    assert results == {200: "err:level", 201: "ok"}
+    assert not any(m.name.startswith("cmd/") for m in kept.measurements)
+
+
+def test_a_typical_light_reading_with_a_result_fits_sf10() -> None:
+    vec = next(v for v in VECTORS["frames"] if v["name"] == "light-cmd-ok")
+    assert vec["bytes"] <= 24  # SF10's dwell limit (docs/protocol-lora.md §5)
+
+
+def test_gateway_encoder_refuses_a_result_text_too_long() -> None:
+    assert KEYED.short_id is not None and KEYED.key is not None
+    with pytest.raises(ValueError):
+        frame.encode(profiles.by_name("env"), KEYED.short_id, 1, KEYED.key, {},
+                     command_results={1: "err:" + "x" * 21})
 
 
 def test_firmware_encoder_under_cpython_agrees() -> None:
@@ -150,22 +182,51 @@ def test_garbage_with_a_valid_mic_never_raises_anything_else(profile: int, body:
     _decode_ok_or_refused(head + frame.mic(KEYED.key, head))
 
 
+LIGHT = DEVICES["light-0003"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(tail=st.binary(max_size=40), head=st.sampled_from([0xA0, 0xA1, 0xA2, 0xB7, 0xB8, 0xBB]))
+def test_garbage_results_maps_behind_a_valid_mic(tail: bytes, head: int) -> None:
+    # a good light reading whose last item is a hostile map: refused with a reason, or
+    # cmd/<cid> measurements the core can take (cid <= 65535, text results)
+    assert LIGHT.short_id is not None and LIGHT.key is not None
+    body = bytes([3]) + LIGHT.short_id.to_bytes(2, "big") + b"\x01" + \
+        bytes([0x87, 1, 0, 3, 4, 0, 1, head]) + tail
+    try:
+        r = frame.decode(body + frame.mic(LIGHT.key, body), registry_lookup=lookup,
+                         received=RECEIVED, transport="lora")
+    except (BadReading, UnknownDevice) as exc:
+        assert exc.reason in ("bad-cbor", "bad-values"), exc.reason
+        return
+    for m in r.measurements[6:]:
+        assert m.name.startswith("cmd/") and int(m.name[4:]) <= 0xFFFF
+        assert isinstance(m.value, str) and len(m.value.encode()) <= frame.TEXT_MAX
+
+
+RESULT = st.one_of(st.sampled_from(profiles.results()),
+                   st.text(max_size=24).filter(lambda t: len(t.encode()) <= 24))
+
+
 @settings(max_examples=200, deadline=None)
 @given(seq=st.integers(0, 2**63 - 1), age=st.integers(0, 10**6),
        temp=st.floats(-40, 80), lux=st.integers(0, 2**20),
-       failed=st.sets(st.sampled_from(["temp", "hum", "pres", "pm25", "pm10", "lux", "bat"])))
+       failed=st.sets(st.sampled_from(["temp", "hum", "pres", "pm25", "pm10", "lux", "bat"])),
+       results=st.dictionaries(st.integers(0, 0xFFFF), RESULT, max_size=8))
 def test_encode_decode_round_trip(seq: int, age: int, temp: float, lux: int,
-                                  failed: set[str]) -> None:
+                                  failed: set[str], results: dict[int, str]) -> None:
     assert KEYED.short_id is not None and KEYED.key is not None
     values = {"temp": temp, "hum": 40, "pres": 95000, "pm25": 8, "pm10": 15, "lux": lux,
               "bat": 3.7}
     for name in failed:
         del values[name]
     data = frame.encode(profiles.by_name("env"), KEYED.short_id, seq, KEYED.key, values,
-                        age_s=age)
+                        age_s=age, command_results=results)
     r = frame.decode(data, registry_lookup=lookup, received=RECEIVED, transport="lora")
     assert r.seq == seq and r.time == RECEIVED - age
     got = {m.name: m.value for m in r.measurements}
+    for cid, result in results.items():
+        assert got.pop(f"cmd/{cid}") == result
     if failed:
         order = [m.name for m in profiles.by_name("env").metrics]
         assert got.pop("err") == ",".join(n for n in order if n in failed)

@@ -18,8 +18,11 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 
 HERE = Path(__file__).resolve().parent
-PROFILES = json.loads((HERE.parents[1] / "gateway" / "machi_gateway" / "lora" /
-                       "profiles.json").read_text())["profiles"]
+TABLE = json.loads((HERE.parents[1] / "gateway" / "machi_gateway" / "lora" /
+                    "profiles.json").read_text())
+PROFILES = TABLE["profiles"]
+RESULTS = TABLE["results"]  # command results sent as their index; others as text
+TEXT_MAX = 24
 
 KEYS = {
     "env-0001": "000102030405060708090a0b0c0d0e0f",
@@ -27,7 +30,7 @@ KEYS = {
     "light-0003": "f0e1d2c3b4a5968778695a4b3c2d1e0f",
     "env-0009": "11111111111111111111111111111111",
 }
-DEVICES = [
+DEVICES: list[dict[str, Any]] = [
     {"id": "env-0001", "type": "env", "short_id": 0x0101, "key": KEYS["env-0001"]},
     {"id": "bin-0002", "type": "bin", "short_id": 0x0202, "key": KEYS["bin-0002"]},
     {"id": "light-0003", "type": "light", "short_id": 0xBEEF, "key": KEYS["light-0003"]},
@@ -90,10 +93,20 @@ def wire(n: str, u: str | None, v: Any) -> dict[str, Any]:
     return out
 
 
+def on_air(result: str) -> int | str:
+    """A command result as the frame carries it: its code, or the text cut to 24 bytes."""
+    if result in RESULTS:
+        return int(RESULTS.index(result))
+    text = result.encode()[:TEXT_MAX]
+    return text.decode("utf-8", errors="ignore")
+
+
 def frame(name: str, device: str, profile: str, seq: int, inputs: list[list[Any]],
           age_s: int = 0, note: str = "") -> dict[str, Any]:
     p = prof(profile)
     given = {n: v for n, _u, v in inputs}
+    # the node's "cmd/<cid>" measurements: a map {cid: code | text}, the array's last item
+    results = {int(n[4:]): on_air(v) for n, _u, v in inputs if n.startswith("cmd/")}
     items: list[int | None] = []
     measurements = []
     failed = []
@@ -109,14 +122,22 @@ def frame(name: str, device: str, profile: str, seq: int, inputs: list[list[Any]
             measurements.append(wire(m["n"], m.get("u"), v))
     if failed:
         measurements.append(wire("err", None, ",".join(failed)))
+    on_wire: dict[str, str] = {}
+    for cid, code in results.items():
+        on_wire[str(cid)] = RESULTS[code] if isinstance(code, int) else code
+        measurements.append(wire(f"cmd/{cid}", None, on_wire[str(cid)]))
+    all_items: list[Any] = list(items)
     if age_s:
-        items.append(age_s)
+        all_items.append(age_s)
+    if results:
+        all_items.append(results)
     key = bytes.fromhex(KEYS[device])
     body = bytes([p["id"]]) + SHORT[device].to_bytes(2, "big") + varint(seq) + \
-        cbor2.dumps(items)
+        cbor2.dumps(all_items)
     data = body + cmac(key, body)[:4]
     return {"name": name, "note": note, "device": device, "profile": profile, "seq": seq,
-            "age_s": age_s, "input": inputs, "hex": data.hex(), "bytes": len(data),
+            "age_s": age_s, "input": inputs, "results": on_wire, "hex": data.hex(),
+            "bytes": len(data),
             "reading": {"device": device, "seq": seq, "age_s": age_s, "m": measurements}}
 
 
@@ -132,6 +153,8 @@ def main() -> None:
     env_day = [["temp", "Cel", 31.5], ["hum", "%RH", 80], ["pres", "Pa", 101330],
                ["pm25", "ug/m3", 35], ["pm10", "ug/m3", 60], ["lux", "lx", 54321],
                ["bat", "V", 3.5]]
+    light_dim: list[list[Any]] = [["lamp", None, True], ["dim", "%", 37], ["lux", "lx", 2],
+                 ["power", "W", 14.5], ["motion", None, False], ["mode", None, "on"]]
     frames = [
         frame("env-typical", "env-0001", "env", 1234, env_typ,
               note="inland (93 kPa), evening light, seq needs 2 varint bytes"),
@@ -160,11 +183,29 @@ def main() -> None:
         frame("light-auto-power-failed", "light-0003", "light", 5001,
               [["lamp", None, False], ["dim", "%", 100], ["lux", "lx", 450],
                ["motion", None, False], ["err", None, "power"]]),
+        frame("light-cmd-ok", "light-0003", "light", 5002, [*light_dim, ["cmd/3", None, "ok"]],
+              note="a dim command's result rides along: 3 bytes, still within SF10's 24"),
+        frame("light-cmd-failed", "light-0003", "light", 5003,
+              [*light_dim, ["cmd/200", None, "err:level"], ["cmd/201", None, "ok"]],
+              note="two results; a cid above 23 takes 2 CBOR bytes"),
+        frame("light-cmd-text", "light-0003", "light", 5004,
+              [*light_dim, ["cmd/9", None, "err:ZeroDivisionError"]],
+              note="a result outside the code table travels as text"),
+        frame("light-cmd-text-cut", "light-0003", "light", 5005,
+              [*light_dim, ["cmd/10", None, "err:a-very-long-reason-from-the-app"]],
+              note="text longer than 24 bytes is cut to 24"),
+        frame("light-buffered-cmd", "light-0003", "light", 5006,
+              [*light_dim, ["cmd/4", None, "ok:pending"]], age_s=90,
+              note="age then results: the map is always the array's last item"),
+        frame("bin-cmd-only-failed-sensor", "bin-0002", "bin", 44,
+              [["fill", "%", 12], ["tilt", None, False], ["bat", "V", 3.6],
+               ["err", None, "temp"], ["cmd/0", None, "err:unsupported"]]),
     ]
     env = bytes([1]) + SHORT["env-0001"].to_bytes(2, "big")
     good = bytes.fromhex(frames[0]["hex"])
     arr7 = cbor2.dumps([1, 2, 3, 4, 5, 6, 7])
-    invalid = [
+    light = b"\x03\xbe\xef\x01"
+    invalid: list[dict[str, Any]] = [
         {"name": "mic-bit-flipped", "hex": (good[:-1] + bytes([good[-1] ^ 1])).hex(),
          "reason": "bad-mic"},
         {"name": "payload-bit-flipped", "hex": (good[:6] + bytes([good[6] ^ 0x10]) +
@@ -212,6 +253,31 @@ def main() -> None:
         {"name": "flag-bit-unknown", "hex": raw("bin-0002", b"\x02\x02\x02\x01" +
                                                 cbor2.dumps([1, 2, 0, 4, 0x40])),
          "reason": "bad-values"},
+        {"name": "results-empty-map", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, {}])), "reason": "bad-values"},
+        {"name": "result-code-unknown", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, {5: len(RESULTS)}])), "reason": "bad-values"},
+        {"name": "result-cid-65536", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, {65536: 0}])), "reason": "bad-values"},
+        {"name": "result-cid-repeated", "hex": raw("light-0003", light + bytes(
+            [0x87, 1, 0, 3, 4, 0, 1, 0xA2, 5, 0, 5, 1])),
+         "reason": "bad-values"},
+        {"name": "result-text-25-bytes", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, {5: "err:" + "x" * 21}])), "reason": "bad-values"},
+        {"name": "result-text-not-utf8", "hex": raw("light-0003", light + bytes(
+            [0x87, 1, 0, 3, 4, 0, 1, 0xA1, 5, 0x62, 0xC3, 0x28])), "reason": "bad-cbor"},
+        {"name": "result-float", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, {5: 0.5}])), "reason": "bad-cbor"},
+        {"name": "result-cid-negative", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, {-1: 0}])), "reason": "bad-cbor"},
+        {"name": "results-before-age", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, {5: 0}, 60])), "reason": "bad-cbor"},
+        {"name": "results-two-maps", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, {5: 0}, {6: 0}])), "reason": "bad-cbor"},
+        {"name": "results-in-place-of-a-metric", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, {5: 0}])), "reason": "bad-values"},
+        {"name": "results-after-two-extra-items", "hex": raw("light-0003", light + cbor2.dumps(
+            [1, 0, 3, 4, 0, 1, 60, 61, {5: 0}])), "reason": "bad-values"},
         {"name": "enum-out-of-range", "hex": raw("light-0003", b"\x03\xbe\xef\x01" +
                                                  cbor2.dumps([1, 2, 3, 4, 0, 3])),
          "reason": "bad-values"},
@@ -221,7 +287,7 @@ def main() -> None:
     key = "2b7e151628aed2a6abf7158809cf4f3c"
     msg = ("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
            "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710")
-    rfc = {"key": key, "k1": "fbeed618357133667c85e08f7236a8de",
+    rfc: dict[str, Any] = {"key": key, "k1": "fbeed618357133667c85e08f7236a8de",
            "k2": "f7ddac306ae266ccf90bc11ee46d513b",
            "examples": [{"len": n, "message": msg[:2 * n],
                          "mac": cmac(bytes.fromhex(key), bytes.fromhex(msg[:2 * n])).hex()}

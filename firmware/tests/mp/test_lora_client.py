@@ -10,7 +10,7 @@ import lorawire
 import mptest
 import reading
 from mptest import eq, unhex
-from nodefakes import Clock, FakeBoard, Rng, T0
+from nodefakes import T0, Clock, FakeBoard, Rng
 from transports import airtime, lora, lora_client
 
 KEY = bytes(range(16))
@@ -255,8 +255,8 @@ def test_node_loop_delivers_every_reading_once_acked():
                             "state_dir": "/tmp", "interval_s": 2, "count": 6,
                             "transport": "lora",
                             "lora": {"short_id": SID, "key": "000102030405060708090a0b0c0d0e0f"}})
-    from nodefakes import Seqs
     import apps.env_sensor as env
+    from nodefakes import Seqs
 
     node = Node(cfg, board, env.App(board, {}), c, Seqs(), Outbox(8, 256))
     eq(node.run(), 0)

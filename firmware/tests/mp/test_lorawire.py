@@ -1,6 +1,7 @@
 # lorawire.py under the real MicroPython: AES-CMAC on cryptolib against RFC 4493 §4, every
-# frame of tests/vectors/lora-frames.json encoded byte for byte, and the profile table equal
-# to the gateway's machi_gateway/lora/profiles.json (one table, two copies, this proves it).
+# frame of tests/vectors/lora-frames.json encoded byte for byte (command results included),
+# and the profile table and result codes equal to the gateway's
+# machi_gateway/lora/profiles.json (one table, two copies, this proves it).
 import json
 
 import lorawire
@@ -35,7 +36,8 @@ def test_every_frame_vector_encodes_exactly():
     keys = {}
     for d in v["devices"]:
         keys[d["id"]] = d
-    eq(len(v["frames"]) >= 10, True)
+    eq(len(v["frames"]) >= 16, True)
+    with_results = 0
     for f in v["frames"]:
         d = keys[f["device"]]
         enc = lorawire.FrameEncoder(f["profile"], d["short_id"], unhex(d["key"]))
@@ -43,6 +45,9 @@ def test_every_frame_vector_encodes_exactly():
         out = enc.encode(f["seq"], ms, f["age_s"])
         eq(bytes(out), unhex(f["hex"]), f["name"])
         eq(len(out), f["bytes"], f["name"])
+        if f["results"]:
+            with_results += 1
+    eq(with_results >= 5, True)  # codes, text, text cut, after an age, cid > 23
 
 
 def test_encoder_reuses_its_buffer():
@@ -98,9 +103,53 @@ def test_bad_arguments_refused():
 
 def test_unknown_names_and_err_are_not_sent():
     enc = lorawire.FrameEncoder("env", 1, bytes(16))
-    a = bytes(enc.encode(5, [("temp", "Cel", 20), ("err", None, "hum"), ("cmd/3", None, "ok")]))
-    # array(7): temp k=0, then six nulls
-    eq(a[4:12], unhex("8700f6f6f6f6f6f6"))
+    a = bytes(enc.encode(5, [("temp", "Cel", 20), ("err", None, "hum"), ("x", None, 1),
+                             ("cmd/x", None, "ok"), ("cmd/70000", None, "ok")]))
+    # array(7): temp k=0, then six nulls; no results map (neither cmd/ name is a uint16)
+    eq(a[4:-4], unhex("8700f6f6f6f6f6f6"))
+
+
+def test_result_codes_equal_the_gateway_table():
+    path = mptest.vectors_dir() + "/../../gateway/machi_gateway/lora/profiles.json"
+    with open(path) as fh:
+        doc = json.load(fh)
+    eq(lorawire.RESULTS, tuple(doc["results"]))
+    eq(lorawire.RESULTS[0], "ok")
+
+
+def _body(frame):
+    return bytes(frame[4:-4])  # seq < 128: header 4 bytes
+
+
+def test_results_follow_the_age_and_each_cid_goes_once():
+    enc = lorawire.FrameEncoder("env", 1, bytes(16))
+    a = _body(enc.encode(5, [("temp", "Cel", 20), ("cmd/2", None, "ok"),
+                             ("cmd/2", None, "err:key"), ("cmd/30", None, 7)], 9))
+    # array(9): 7 metrics, age 9, {2: 0 ("ok"), 30: "err:bad report"}
+    eq(a, unhex("8900f6f6f6f6f6f609a20200181e6e") + b"err:bad report")
+
+
+def test_result_text_is_cut_to_whole_characters():
+    enc = lorawire.FrameEncoder("env", 1, bytes(16))
+    long = "err:" + "\u00e9" * 12  # 4 + 24 bytes
+    a = _body(enc.encode(5, [("cmd/1", None, long)]))
+    want = ("err:" + "\u00e9" * 10).encode()  # 24 bytes: the 11th would split
+    eq(a, unhex("88f6f6f6f6f6f6f6a10178") + bytes([len(want)]) + want)
+
+
+def test_results_that_do_not_fit_the_buffer_are_left_out_not_the_reading():
+    enc = lorawire.FrameEncoder("light", 1, bytes(16))
+    ms = [("lamp", None, True), ("dim", "%", 37)]
+    for cid in range(8):
+        ms.append(("cmd/%d" % cid, None, "err:" + "abcdefghij" * 2))  # 26 bytes each
+    a = _body(enc.encode(5, ms))
+    eq(len(a) + 8 <= 64, True)
+    # array(7): lamp, dim, 4 nulls, a map of one: the first result fits, the second not
+    eq(a[:10], unhex("87011825f6f6f6f6a100"))
+    # nothing fits: the reading goes alone
+    ms = [("lamp", None, True), ("cmd/0", None, "x" * 24)]
+    small = lorawire.FrameEncoder("light", 1, bytes(16), size=24)
+    eq(_body(small.encode(5, ms)), unhex("8601f6f6f6f6f6"))
 
 
 mptest.run(globals())

@@ -4,6 +4,11 @@ Layout::
 
     profile id u8 | short id u16 BE | seq LEB128 varint | CBOR array | MIC 4 bytes
 
+The array: one int or null per profile metric, then optionally the age (uint), then
+optionally the command results, a map ``{cid: code}`` (code = index into
+``profiles.json`` "results", or the result as text of at most 24 bytes), decoded into the
+``cmd/<cid>`` measurements the CoAP path carries.
+
 The MIC (the first 4 bytes of AES-CMAC, RFC 4493, keyed with the device's 16-byte key over
 every byte before it) is checked before anything after the short id is parsed, so an
 unauthenticated frame is refused as ``bad-mic`` whatever it holds. AES-CMAC comes from
@@ -23,8 +28,9 @@ reason                  meaning
 ``bad-mic``             the MIC does not match: wrong key, corrupted or forged
 ``unknown-profile``     the profile id is not in the table
 ``bad-seq``             seq varint overlong, non-minimal or >= 2**63
-``bad-cbor``            the values are not one definite CBOR array of ints/nulls
-``bad-values``          wrong number of items, or a value out of its metric's range
+``bad-cbor``            not one definite CBOR array of ints/nulls (and a last results map)
+``bad-values``          wrong number of items, a value out of its metric's range, or a
+                        bad result (unknown code, cid > 65535, repeated cid, empty map)
 ======================  =======================================================
 """
 
@@ -40,12 +46,14 @@ from cryptography.hazmat.primitives.cmac import CMAC
 
 from ..errors import BadReading, UnknownDevice
 from ..model import SEQ_LIMIT, Measurement, Reading, Value
-from .profiles import Profile, table
+from .profiles import Profile, results, table
 
 MIC_LEN = 4
 MIN_FRAME = 1 + 2 + 1 + 1 + MIC_LEN  # profile, short id, 1-byte seq, empty array head, MIC
 _MAX_VARINT = 9  # 63 bits
 _INT_LIMIT = 2**63  # scaled values beyond int64 are refused, not computed with
+TEXT_MAX = 24  # bytes of a command result sent as text
+CID_MAX = 0xFFFF
 
 
 class LoraDevice(Protocol):
@@ -105,15 +113,17 @@ def _cbor_head(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     return major, int.from_bytes(buf[pos + 1:pos + 1 + width], "big"), pos + 1 + width
 
 
-def _values(buf: bytes, pos: int, end: int) -> list[int | None]:
-    """The CBOR array of ints and nulls filling ``buf[pos:end]`` exactly."""
+def _values(buf: bytes, pos: int, end: int) -> tuple[list[int | None], dict[int, str]]:
+    """The CBOR array filling ``buf[pos:end]`` exactly: its ints and nulls, and the command
+    results of a map that is its last item ({} without one)."""
     major, count, pos = _cbor_head(buf, pos, end)
     if major != 4:
         raise BadReading("bad-cbor", "bad-cbor: the values are not a definite array")
     if count > end - pos:
         raise BadReading("bad-cbor", f"bad-cbor: array of {count} in {end - pos} bytes")
     out: list[int | None] = []
-    for _ in range(count):
+    res: dict[int, str] = {}
+    for i in range(count):
         if pos < end and buf[pos] == 0xF6:
             out.append(None)
             pos += 1
@@ -123,14 +133,50 @@ def _values(buf: bytes, pos: int, end: int) -> list[int | None]:
             out.append(arg)
         elif major == 1 and arg < _INT_LIMIT:
             out.append(-1 - arg)
+        elif major == 5 and i == count - 1:
+            res, pos = _results(buf, pos, end, arg)
         else:
             raise BadReading("bad-cbor", "bad-cbor: an item is not an int64 or null")
     if pos != end:
         raise BadReading("bad-cbor", f"bad-cbor: {end - pos} bytes after the array")
-    return out
+    return out, res
 
 
-def _measurements(prof: Profile, items: Sequence[int | None]) -> tuple[Measurement, ...]:
+def _results(buf: bytes, pos: int, end: int, count: int) -> tuple[dict[int, str], int]:
+    """The ``count`` entries ``cid: code | text`` of the results map at ``pos``."""
+    if count == 0:
+        raise BadReading("bad-values", "bad-values: an empty results map")
+    if 2 * count > end - pos:
+        raise BadReading("bad-cbor", f"bad-cbor: map of {count} in {end - pos} bytes")
+    codes = results()
+    out: dict[int, str] = {}
+    for _ in range(count):
+        major, cid, pos = _cbor_head(buf, pos, end)
+        if major != 0:
+            raise BadReading("bad-cbor", "bad-cbor: a command id is not a uint")
+        if cid > CID_MAX or cid in out:
+            raise BadReading("bad-values", f"bad-values: command id {cid} out of range "
+                             "or repeated")
+        major, arg, pos = _cbor_head(buf, pos, end)
+        if major == 0:
+            if arg >= len(codes):
+                raise BadReading("bad-values", f"bad-values: no result code {arg}")
+            out[cid] = codes[arg]
+        elif major == 3:
+            if arg > TEXT_MAX or arg > end - pos:
+                raise BadReading("bad-values", f"bad-values: result text of {arg} bytes")
+            try:
+                out[cid] = buf[pos:pos + arg].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadReading("bad-cbor", "bad-cbor: result text not UTF-8") from exc
+            pos += arg
+        else:
+            raise BadReading("bad-cbor", "bad-cbor: a result is not a uint or text")
+    return out, pos
+
+
+def _measurements(prof: Profile, items: Sequence[int | None],
+                  res: Mapping[int, str]) -> tuple[Measurement, ...]:
     out: list[Measurement] = []
     failed: list[str] = []
     for metric, k in zip(prof.metrics, items, strict=False):
@@ -146,6 +192,8 @@ def _measurements(prof: Profile, items: Sequence[int | None]) -> tuple[Measureme
             out.append(Measurement(metric.name, metric.unit, value))
     if failed:  # what the apps send over CoAP for a failed sensor (firmware/apps/*)
         out.append(Measurement("err", None, ",".join(failed)))
+    # after the app's own, as node.py appends them to a reading sent over CoAP
+    out.extend(Measurement(f"cmd/{cid}", None, r) for cid, r in res.items())
     return tuple(out)
 
 
@@ -181,7 +229,7 @@ def decode(payload: bytes, *, registry_lookup: Lookup, received: float,
     if prof is None:
         raise BadReading("unknown-profile", f"unknown-profile: {profile_id}")
     seq, pos = _varint(buf, 3, end)
-    items = _values(buf, pos, end)
+    items, res = _values(buf, pos, end)
     width = len(prof.metrics)
     if len(items) not in (width, width + 1):
         raise BadReading("bad-values", f"bad-values: {len(items)} items for profile "
@@ -192,7 +240,7 @@ def decode(payload: bytes, *, registry_lookup: Lookup, received: float,
         if age is None or age < 0:
             raise BadReading("bad-values", "bad-values: age must be a uint")
         time = received - age
-    measurements = _measurements(prof, items[:width])
+    measurements = _measurements(prof, items[:width], res)
     meta: Mapping[str, Value] = {"short_id": short_id, "profile": prof.name,
                                  "frame_bytes": n}
     try:
@@ -203,8 +251,10 @@ def decode(payload: bytes, *, registry_lookup: Lookup, received: float,
 
 
 def encode(profile: Profile, short_id: int, seq: int, key: bytes,
-           values: Mapping[str, Any], *, age_s: int = 0) -> bytes:
-    """A frame for ``values`` (name -> value; absent names are sent as null).
+           values: Mapping[str, Any], *, age_s: int = 0,
+           command_results: Mapping[int, str] | None = None) -> bytes:
+    """A frame for ``values`` (name -> value; absent names are sent as null) and
+    ``command_results`` (cid -> "ok" | "err:..."; texts must be at most 24 bytes).
 
     The gateway does not send uplink frames; this is here for tests, vectors and
     emulators, written independently of the firmware's encoder."""
@@ -223,27 +273,40 @@ def encode(profile: Profile, short_id: int, seq: int, key: bytes,
                                for m in profile.metrics]
     if age_s:
         items.append(age_s)
-    out += _cbor_array(items)
+    out += _cbor_array(items, command_results or {})
     return bytes(out + mic(key, bytes(out)))
 
 
-def _cbor_array(items: Sequence[int | None]) -> bytes:
-    def head(major: int, arg: int) -> bytes:
-        if arg < 24:
-            return bytes([major << 5 | arg])
-        for ai, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
-            if arg < 1 << (8 * width):
-                return bytes([major << 5 | ai]) + arg.to_bytes(width, "big")
-        raise ValueError("integer beyond 64 bits")
+def _head(major: int, arg: int) -> bytes:
+    if arg < 24:
+        return bytes([major << 5 | arg])
+    for ai, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if arg < 1 << (8 * width):
+            return bytes([major << 5 | ai]) + arg.to_bytes(width, "big")
+    raise ValueError("integer beyond 64 bits")
 
-    out = bytearray(head(4, len(items)))
+
+def _cbor_array(items: Sequence[int | None], res: Mapping[int, str]) -> bytes:
+    out = bytearray(_head(4, len(items) + (1 if res else 0)))
     for k in items:
         if k is None:
             out.append(0xF6)
         elif k >= 0:
-            out += head(0, k)
+            out += _head(0, k)
         else:
-            out += head(1, -1 - k)
+            out += _head(1, -1 - k)
+    if res:
+        codes = results()
+        out += _head(5, len(res))
+        for cid, r in res.items():
+            out += _head(0, cid)
+            if r in codes:
+                out += _head(0, codes.index(r))
+            else:
+                text = r.encode()
+                if len(text) > TEXT_MAX:
+                    raise ValueError(f"result {r!r} is longer than {TEXT_MAX} bytes")
+                out += _head(3, len(text)) + text
     return bytes(out)
 
 

@@ -132,3 +132,13 @@ def by_name(name: str) -> Profile:
         if p.name == name:
             return p
     raise KeyError(name)
+
+
+@cache
+def results() -> tuple[str, ...]:
+    """The command results sent as one-byte codes (their index), from ``profiles.json``."""
+    doc = table_json()
+    codes = tuple(str(r) for r in doc.get("results", ()))
+    if len(set(codes)) != len(codes) or len(codes) > 24:
+        raise ValueError("profiles.json results: at most 24, each once (one CBOR byte)")
+    return codes
