@@ -61,7 +61,7 @@ class Core:
         it must not block: hand the reading to a queue)."""
         self._listeners.append(listener)
 
-    async def accept(self, reading: Reading) -> Receipt:
+    async def accept(self, reading: Reading, room: int | None = None) -> Receipt:
         try:
             if reading.device not in self.registry:
                 dev = self.registry.get(reading.device)
@@ -77,7 +77,8 @@ class Core:
         commands: tuple[WireCommand, ...] = ()
         if self.commands is not None:
             # Committed before the ACK too: a result the node saw acknowledged is kept.
-            commands = await self.commands.on_reading(reading.device, reading.seq, results)
+            commands = await self.commands.on_reading(reading.device, reading.seq, results,
+                                                      room)
         self.stats.seen(reading.device, reading.received, reading.transport)
         if outcome == "new":
             self.stats.readings_in += 1

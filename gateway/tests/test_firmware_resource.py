@@ -28,7 +28,7 @@ class NoSink:
     def __init__(self) -> None:
         self.rejects: list[str] = []
 
-    async def accept(self, reading: Reading) -> object:
+    async def accept(self, reading: Reading, room: int | None = None) -> object:
         raise AssertionError("no reading expected")
 
     def rejected(self, transport: str, reason: str) -> None:

@@ -257,14 +257,18 @@ class CommandQueue:
     def has_open(self, device: str) -> bool:
         return self._open.get(device, 0) > 0
 
-    async def on_reading(self, device: str, seq: int, results: Mapping[int, str]
-                         ) -> tuple[WireCommand, ...]:
+    async def on_reading(self, device: str, seq: int, results: Mapping[int, str],
+                         room: int | None = None) -> tuple[WireCommand, ...]:
         """A reading from ``device`` arrived: apply its ``cmd/<cid>`` results, move
-        commands along, and return those to put in this reading's ACK (marked sent)."""
+        commands along, and return those to put in this reading's ACK (marked sent).
+
+        ``room``: the bytes the ACK has for its commands entry (a LoRa ack within the dwell
+        limit); commands that do not fit stay as they are (a queued one is not marked sent:
+        it never went on air) and ride on a later ACK, in order."""
         if not results and not self.has_open(device):
             return ()
         def job(db: sqlite3.Connection) -> tuple[tuple[WireCommand, ...], int]:
-            return self._on_reading(db, device, seq, results)
+            return self._on_reading(db, device, seq, results, room)
 
         done: tuple[tuple[WireCommand, ...], int] = await self._run(self._tx, job)
         out, closed = done
@@ -324,9 +328,12 @@ class CommandQueue:
         return await self._run(job)
 
     def _on_reading(self, db: sqlite3.Connection, device: str, seq: int,
-                    results: Mapping[int, str]) -> tuple[tuple[WireCommand, ...], int]:
+                    results: Mapping[int, str], room: int | None = None
+                    ) -> tuple[tuple[WireCommand, ...], int]:
         now = self._clock()
         closed = 0
+        used = 2  # the ACK's key 2 and the array's head (1 byte up to 23 commands)
+        full = False
         placeholders = ",".join("?" * len(OPEN_STATES))
         rows = db.execute(
             f"SELECT id, cid, name, args, expires, state, sent_seq FROM commands "
@@ -344,12 +351,18 @@ class CommandQueue:
                 continue
             if state == "sent" and sent_seq is not None and seq > sent_seq:
                 self._report(db, cid_, "acknowledged")
-            if len(out) < self.per_ack:
+            if len(out) < self.per_ack and not full:
+                decoded: dict[str, Any] = cbor2.loads(args)
+                wire: WireCommand = (cid, name, decoded, int(min(expires, now + EXP_S)))
+                if room is not None:
+                    used += len(cbor2.dumps(list(wire)))
+                    if used > room:
+                        full = True  # this one and every later one wait: order is kept
+                        continue
                 if state == "queued":
                     self._report(db, cid_, "sent")
                     db.execute("UPDATE commands SET sent_seq = ? WHERE id = ?", (seq, cid_))
-                decoded: dict[str, Any] = cbor2.loads(args)
-                out.append((cid, name, decoded, int(min(expires, now + EXP_S))))
+                out.append(wire)
         for cid in set(results) - {r[1] for r in rows if r[5] != "queued"}:
             log.info("%s reported cmd/%d = %r for no open command; ignored",
                      device, cid, results[cid])

@@ -51,8 +51,9 @@ class Receipt:
 class Sink(Protocol):
     """Where adapters deliver readings (the gateway core)."""
 
-    async def accept(self, reading: Reading) -> Receipt:
-        """Check and durably queue ``reading``.
+    async def accept(self, reading: Reading, room: int | None = None) -> Receipt:
+        """Check and durably queue ``reading``; ``room`` bounds the bytes the receipt's
+        commands may take in the answer (a LoRa ack within the dwell limit).
 
         Returns a receipt whose outcome is "new" or "duplicate" (both mean: safe to
         acknowledge). Raises UnknownDevice (4.01), QueueFull/StoreUnavailable (5.03).

@@ -54,6 +54,7 @@ _WORKERS = 8
 _BACKLOG = 1024
 _WINDOW_MARGIN_S = 0.1  # a PULL_RESP must reach the forwarder before the window opens
 # the longest downlink within the AS923 400 ms dwell limit, 125 kHz (protocol-lora.md §5)
+_TIME_ONLY = bytes.fromhex("a1011a00000000")  # {1: time}: the size of every ack's body
 _DWELL_MAX = {"SF7": 255, "SF8": 138, "SF9": 66, "SF10": 24, "SF11": 0, "SF12": 0}
 
 #: ``(short_id, seq, key, body) -> frame``: machi_gateway.lora.frame.encode_ack
@@ -298,7 +299,10 @@ class SemtechIngress(Ingress):
             meta["snr"] = up.snr
         reading = replace(reading, meta={**reading.meta, **meta})
         try:
-            receipt = await self.sink.accept(reading)
+            if self.confirm:  # commands only as far as the ack stays within the dwell limit
+                receipt = await self.sink.accept(reading, room=self._ack_room(up, reading))
+            else:
+                receipt = await self.sink.accept(reading)
         except ResponseError as exc:
             log.warning("lora-udp %s seq %d: %s", reading.device, reading.seq, exc.detail)
             return
@@ -329,6 +333,18 @@ class SemtechIngress(Ingress):
                  reading.device, len(receipt.commands), up.eui)
 
     # ---- confirmed delivery (docs/protocol-lora.md §8) ------------------------------
+
+    def _ack_room(self, up: Uplink, reading: Reading) -> int:
+        """Bytes left for the commands entry of this frame's ack: the uplink's dwell limit
+        less a time-only ack (its time a 4-byte uint, as every time until 2106)."""
+        sid = reading.meta.get("short_id")
+        short_id = sid if isinstance(sid, int) else int.from_bytes(up.payload[1:3], "big")
+        key = getattr(self.registry_lookup(short_id), "key", None) or bytes(16)
+        if self.encode_ack is None:
+            from ..lora.frame import encode_ack
+            self.encode_ack = encode_ack
+        time_only = len(self.encode_ack(short_id, reading.seq, key, _TIME_ONLY))
+        return max(0, _DWELL_MAX.get(up.datr.split("BW")[0], 255) - time_only)
 
     def _send_ack(self, up: Uplink, reading: Reading, receipt: Receipt) -> None:
         """The MIC'd ack of a durable frame (new or a repeat) in the node's RX window; its
