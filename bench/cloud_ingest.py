@@ -3,14 +3,16 @@
 For each backend, on a fresh database each time, batches of 500 readings (2 measurements
 each, 50 devices) are stored three ways in the same run:
 
-- raw:     the same `samples` and `measurements` rows inserted directly, one transaction
-           per 500 readings, same durability (SQLite: WAL, synchronous=FULL, executemany;
-           PostgreSQL: COPY) - the baseline;
+- raw:     the same `samples` and `measurements` rows inserted directly, in the same
+           (key) order, one transaction per 500 readings, same durability (SQLite: WAL,
+           synchronous=FULL, executemany; PostgreSQL: COPY) - the baseline;
 - storage: `Storage.store_batch` on already parsed batches (dedup, latest, devices, answer);
 - api:     `POST /v1/batches` with CBOR bodies through the ASGI app in this process
            (httpx.ASGITransport: no sockets, no uvicorn; the client's cost is included);
 - http:    the same against a real `machi-cloud` process (uvicorn, 127.0.0.1) pinned to
-           the other CPU, this process being the client.
+           the other CPU, this process being the client;
+- paired:  (SQLite) raw and api alternating batch by batch on two fresh databases, so
+           both meet the same moments of the shared disk: the steadier ratio.
 
 The process is pinned to one CPU (PostgreSQL's own processes are not). PostgreSQL runs as
 a throwaway durable server (fsync on) started by `machi_cloud.storage.pgserver`.
@@ -30,11 +32,12 @@ import json
 import os
 import pstats
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +86,15 @@ def bodies(readings: int) -> list[bytes]:
 
 
 def rows(batch: Batch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The samples and measurements rows of one batch, as both schemas hold them."""
+    """The samples and measurements rows of one batch, as both schemas hold them, in key
+    order (device, seq; device, seq, metric), the order in which both storages insert them."""
+    readings = sorted(batch.readings)
     samples = [
         (r.device, r.seq, r.time, r.received, "gw-01", r.transport, batch.batch_id)
-        for r in batch.readings
+        for r in readings
     ]
     measurements = [
-        (r.device, r.seq, m.name, m.unit, m.value) for r in batch.readings for m in r.measurements
+        (r.device, r.seq, m.name, m.unit, m.value) for r in readings for m in r.measurements
     ]
     return samples, measurements
 
@@ -104,21 +109,26 @@ def raw_sqlite(path: Path, batches: list[Batch]) -> float:
     prepared = [rows(b) for b in batches]
     start = time.perf_counter()
     for samples, measurements in prepared:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO samples (device, seq, time, received, gateway, transport, batch_id,"
-            " ingested) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-            samples,
-        )
-        conn.executemany(
-            "INSERT INTO measurements (device, seq, metric, unit, value_num)"
-            " VALUES (?, ?, ?, ?, ?)",
-            measurements,
-        )
-        conn.commit()
+        raw_sqlite_batch(conn, samples, measurements)
     elapsed = time.perf_counter() - start
     conn.close()
     return elapsed
+
+
+def raw_sqlite_batch(
+    conn: sqlite3.Connection, samples: list[tuple[Any, ...]], measurements: list[tuple[Any, ...]]
+) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO samples (device, seq, time, received, gateway, transport, batch_id,"
+        " ingested) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+        samples,
+    )
+    conn.executemany(
+        "INSERT INTO measurements (device, seq, metric, unit, value_num) VALUES (?, ?, ?, ?, ?)",
+        measurements,
+    )
+    conn.commit()
 
 
 async def raw_postgres(dsn: str, batches: list[Batch]) -> float:
@@ -167,7 +177,11 @@ async def through_storage(storage: Storage, batches: list[Batch], raw: list[byte
     return time.perf_counter() - start
 
 
-async def through_api(storage: Storage, raw: list[bytes], tmp: Path) -> float:
+@contextlib.asynccontextmanager
+async def api_poster(
+    storage: Storage, tmp: Path
+) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
+    """`post(body)`: one `POST /v1/batches` through the ASGI app in this process."""
     settings = Settings(
         db=tmp / "unused.sqlite", gateway_tokens=GatewayTokens.from_mapping({"gw-01": TOKEN})
     )
@@ -176,12 +190,57 @@ async def through_api(storage: Storage, raw: list[bytes], tmp: Path) -> float:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://cloud.bench"
     ) as client:
-        start = time.perf_counter()
-        for body in raw:
+
+        async def post(body: bytes) -> None:
             resp = await client.post("/v1/batches", content=body, headers=headers)
             if resp.status_code != 200:
                 raise RuntimeError(f"API answered {resp.status_code}: {resp.text}")
+
+        yield post
+
+
+async def through_api(storage: Storage, raw: list[bytes], tmp: Path) -> float:
+    async with api_poster(storage, tmp) as post:
+        start = time.perf_counter()
+        for body in raw:
+            await post(body)
         return time.perf_counter() - start
+
+
+async def paired_sqlite(
+    tmp: Path, raw: list[bytes], batches: list[Batch], repeat: int
+) -> tuple[float, float, float]:
+    """SQLite raw and api alternating batch by batch, each on its own fresh database:
+    both meet the same moments of the shared disk (whose fsync time varies by 2x between
+    runs), so their ratio varies much less than that of separate runs. Returns the best
+    raw and api rates and the median of the runs' ratios."""
+    ratios: list[float] = []
+    t_raws: list[float] = []
+    t_apis: list[float] = []
+    prepared = [rows(b) for b in batches]
+    for n in range(repeat):
+        raw_db, api_db = tmp / f"paired-raw-{n}.sqlite", tmp / f"paired-api-{n}.sqlite"
+        for path in (raw_db, api_db):
+            async with SQLiteStorage(path):
+                pass
+        conn = sqlite3.connect(raw_db, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        t_raw = t_api = 0.0
+        async with SQLiteStorage(api_db) as storage, api_poster(storage, tmp) as post:
+            for (samples, measurements), body in zip(prepared, raw, strict=True):
+                start = time.perf_counter()
+                raw_sqlite_batch(conn, samples, measurements)
+                middle = time.perf_counter()
+                await post(body)
+                t_raw += middle - start
+                t_api += time.perf_counter() - middle
+        conn.close()
+        ratios.append(t_raw / t_api)
+        t_raws.append(t_raw)
+        t_apis.append(t_api)
+    readings = len(batches) * BATCH
+    return readings / min(t_raws), readings / min(t_apis), statistics.median(ratios)
 
 
 def through_http(db: list[str], raw: list[bytes], tmp: Path) -> float:
@@ -320,6 +379,13 @@ async def amain(readings: int, repeat: int) -> dict[str, float]:
             except PostgresUnavailable as exc:
                 print(f"  postgres: skipped ({exc})")
             for name, server in backends:
+                if server is None:
+                    raw_rate, api_rate, ratio = await paired_sqlite(Path(tmp), raw, batches, repeat)
+                    results.update({"sqlite_paired_ratio": ratio})
+                    print(
+                        f"  sqlite    paired, batch by batch: raw {raw_rate:8,.0f}/s"
+                        f"   api {api_rate:8,.0f}/s   api / raw {ratio:4.0%} (median of {repeat})"
+                    )
                 rates = await measure(Backend(name, Path(tmp), server), raw, batches, repeat)
                 results.update({f"{name}_{path}": rate for path, rate in rates.items()})
                 raw_rate = rates["raw"]

@@ -8,7 +8,9 @@ types are compared exactly, and tuples are built without the NamedTuple construc
 A batch with anything the fast lane does not accept at once (a malformed envelope, one
 reading that is odd or invalid) is parsed again, entirely, by `batch.parse_batch`, which
 decides and words every rejection and error; so a gateway's usual batch takes the fast
-lane, and a batch with a rejected reading costs two parses. The fast lane accepts only
+lane, and a batch with a rejected reading costs two parses. Before that, a batch whose
+readings all carry plain numbers (`v`) is checked column by column with no Python loop
+per reading (`_whole_batch`), about a fifth cheaper still. The fast lane accepts only
 what the reference accepts, with the same values: a check added to `batch.py` must be
 mirrored here, and `tests/test_fastbatch.py` (every single-field edge case, and random
 batches) fails until it is.
@@ -16,6 +18,8 @@ batches) fails until it is.
 
 from __future__ import annotations
 
+from itertools import chain, islice, repeat
+from operator import eq
 from typing import Any
 
 from . import batch as ref
@@ -32,6 +36,12 @@ _MAX_TIME = 1e11
 _MAX_UNIT = 32
 _MAX_TEXT = 4096
 _MAX_TRANSPORT = 32
+_get = dict.get
+_has = dict.__contains__
+_NUMBER = frozenset((int, float))
+_TIME = frozenset((int, float))
+_RECEIVED = frozenset((int, float, type(None)))
+_UNIT = frozenset((str, type(None)))
 
 
 def parse_batch(body: bytes, *, max_readings: int) -> Batch:
@@ -51,6 +61,9 @@ def parse_batch(body: bytes, *, max_readings: int) -> Batch:
         or len(items) > max_readings
     ):
         return ref.parse_batch(body, max_readings=max_readings)
+    whole = _whole_batch(items)
+    if whole is not None:
+        return Batch(gateway=gateway, batch_id=batch_id, readings=whole, rejected=())
     devices: set[str] = set()  # device ids seen valid in this batch
     pairs: set[tuple[str, str | None]] = set()  # (metric, unit) pairs seen valid
     readings: list[Reading] = []
@@ -65,6 +78,123 @@ def parse_batch(body: bytes, *, max_readings: int) -> Batch:
             return ref.parse_batch(body, max_readings=max_readings)
         readings.append(r)
     return Batch(gateway=gateway, batch_id=batch_id, readings=tuple(readings), rejected=())
+
+
+def _whole_batch(items: list[Any]) -> tuple[Reading, ...] | None:
+    """The readings if every one is plainly valid with numbers (`v`) only, checked field
+    by field across the whole batch with C-level loops (`map`, `set`, `min`, `sum`) and
+    one Python step per distinct device, transport, metric or unit; else None (then the
+    reading by reading lane decides). Never accepts what `batch._reading` would reject."""
+    n = len(items)
+    try:
+        devices: list[Any] = list(map(_get, items, repeat("device")))
+        seqs: list[Any] = list(map(_get, items, repeat("seq")))
+        times: list[Any] = list(map(_get, items, repeat("time")))
+        received: list[Any] = list(map(_get, items, repeat("received")))
+        transports: list[Any] = list(map(_get, items, repeat("transport"), repeat("unknown")))
+        ms: list[Any] = list(map(_get, items, repeat("m")))
+    except TypeError:  # an item is not a map
+        return None
+    if (
+        not set(map(type, devices)) <= {str}
+        or not set(map(type, seqs)) <= {int}
+        or not set(map(type, times)) <= _TIME
+        or not set(map(type, received)) <= _RECEIVED
+        or not set(map(type, transports)) <= {str}
+        or not set(map(type, ms)) <= {list}
+    ):
+        return None
+    if n and (min(seqs) < 0 or max(seqs) >= _MAX_SEQ or not _times_ok(times)):
+        return None
+    if None in received:
+        received_ok = _times_ok([rc for rc in received if rc is not None])
+    else:
+        received_ok = _times_ok(received)
+    if not received_ok:
+        return None
+    if not all(map(_DEVICE, set(devices))) or not all(
+        1 <= len(t) <= _MAX_TRANSPORT for t in set(transports)
+    ):
+        return None
+    flat = list(chain.from_iterable(ms))
+    if not set(map(type, flat)) <= {dict}:
+        return None
+    names: list[Any] = list(map(_get, flat, repeat("n")))
+    units: list[Any] = list(map(_get, flat, repeat("u")))
+    values: list[Any] = list(map(_get, flat, repeat("v")))
+    if (
+        not set(map(type, names)) <= {str}
+        or not set(map(type, units)) <= _UNIT
+        or not set(map(type, values)) <= _NUMBER
+        or not _values_ok(values)
+    ):
+        return None
+    # no key beyond n, v and u (the usual case) rules out vs and vb without looking
+    keys = sum(map(len, flat))
+    if keys != 2 * len(flat) + len(units) - units.count(None) and (
+        any(map(_has, flat, repeat("vs"))) or any(map(_has, flat, repeat("vb")))
+    ):
+        return None
+    if not all(map(_METRIC, set(names))) or not all(
+        u is None or 1 <= len(u) <= _MAX_UNIT for u in set(units)
+    ):
+        return None
+    per = set(lens := list(map(len, ms)))
+    made = list(map(_new, repeat(Measurement), zip(names, units, values, strict=True)))
+    groups: list[tuple[Measurement, ...]]
+    if per == {1}:  # one measurement each (no metric can be there twice)
+        groups = list(zip(made, strict=True))
+    elif len(per) == 1 and n:  # k each: k-tuples straight from the flat lists
+        k = lens[0]
+        if k == 2:  # the usual case, without a set per reading
+            twice = any(map(eq, names[::2], names[1::2]))
+        else:
+            twice = k > 1 and set(map(len, map(set, zip(*[iter(names)] * k, strict=True)))) != {k}
+        if twice:
+            return None  # a metric twice: batch._reading words it
+        groups = list(zip(*[iter(made)] * k, strict=True)) if k else [()] * n
+    else:
+        groups = _split(made, lens)
+        if any(len({m[0] for m in g}) != len(g) for g in groups):
+            return None
+    return tuple(
+        map(
+            _new,
+            repeat(Reading),
+            zip(devices, seqs, times, received, transports, groups, strict=True),
+        )
+    )
+
+
+def _times_ok(values: list[Any]) -> bool:
+    """Every value (int or float) is in [0, 1e11): the sum rules out NaN and infinities
+    first, which min() and max() would not see."""
+    if not values:
+        return True
+    try:
+        total = sum(values)
+    except OverflowError:  # an int too large for a float: the reading lane words it
+        return False
+    return bool(total - total == 0 and min(values) >= 0 and max(values) < _MAX_TIME)
+
+
+def _values_ok(values: list[Any]) -> bool:
+    """Floats finite, ints in the 64-bit range (floats may be any finite size)."""
+    if not values:
+        return True
+    try:
+        total = sum(values)
+    except OverflowError:
+        return False
+    if total - total != 0:  # NaN or an infinity somewhere (or a finite overflow: rare)
+        return False
+    ints = [v for v in values if type(v) is int] if int in set(map(type, values)) else ()
+    return not ints or (min(ints) >= -_INT64 and max(ints) < _INT64)
+
+
+def _split(made: list[Measurement], lens: list[int]) -> list[tuple[Measurement, ...]]:
+    it = iter(made)
+    return [tuple(islice(it, k)) for k in lens]
 
 
 def _fast_reading(

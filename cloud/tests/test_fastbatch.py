@@ -190,3 +190,97 @@ def test_fast_lane_agrees_on_every_single_field_edge() -> None:
     for r in variants:
         data = cbor2.dumps({"gateway": "gw-01", "batch_id": "b", "readings": [r]})
         assert outcome(fastbatch.parse_batch, data, 5) == outcome(batch.parse_batch, data, 5), r
+
+
+def _numeric_batch(k: int) -> Any:
+    """Batches whose readings all hold k plainly numeric measurements (names may repeat),
+    some perturbed: what the whole-batch lane (`fastbatch._whole_batch`) takes or refuses."""
+    m = perturbed(
+        st.fixed_dictionaries(
+            {"n": st.sampled_from(["temp", "hum", "bat", "t" * 64]), "v": numbers},
+            optional={"u": st.sampled_from(["Cel", "%RH", "u" * 32]) | st.none()},
+        ),
+        {"n": names, "u": units, "v": numbers | odd, "vs": anything, "vb": anything},
+    )
+    r = perturbed(
+        st.fixed_dictionaries(
+            {
+                "device": st.sampled_from(["env-0001", "env-0002", "a" * 32]),
+                "seq": st.integers(min_value=0, max_value=2**63 - 1),
+                "time": st.integers(0, 10**11 - 1) | st.floats(0, 1e11, exclude_max=True),
+                "m": st.lists(m, min_size=k, max_size=k),
+            },
+            optional={
+                "received": st.none()
+                | st.integers(0, 10**11 - 1)
+                | st.floats(0, 1e11, exclude_max=True),
+                "transport": st.sampled_from(["coap", "x" * 32]),
+            },
+        ),
+        {"device": anything, "seq": numbers | odd, "time": edges | numbers,
+         "received": edges | numbers, "transport": anything, "m": anything},
+    )  # fmt: skip
+    return st.lists(r, max_size=6).map(
+        lambda rs: {"gateway": "gw-01", "batch_id": "b-1", "readings": rs}
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=4).flatmap(_numeric_batch))
+def test_whole_batch_lane_agrees_with_the_reference(obj: dict[str, Any]) -> None:
+    data = cbor2.dumps(obj)
+    assert outcome(fastbatch.parse_batch, data, 10) == outcome(batch.parse_batch, data, 10)
+
+
+def test_numeric_batches_take_the_whole_batch_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of plain numeric readings is validated without the per-reading loop."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the reading by reading lane was used")
+
+    monkeypatch.setattr(fastbatch, "_fast_reading", refuse)
+    monkeypatch.setattr(batch, "parse_batch", refuse)
+    for k in range(4):
+        items = [
+            {
+                "device": f"env-{i % 3:04d}",
+                "seq": i,
+                "time": 1795390000 + i,
+                **({"received": 1795390000.5 + i} if i % 2 else {}),
+                "transport": "coap",
+                "m": [{"n": f"m{j}", "u": "V", "v": i + j / 2} for j in range(k)],
+            }
+            for i in range(5)
+        ]
+        body = cbor2.dumps({"gateway": "gw-01", "batch_id": "b", "readings": items})
+        got = fastbatch.parse_batch(body, max_readings=10)
+        assert [r.seq for r in got.readings] == [0, 1, 2, 3, 4] and got.rejected == ()
+        assert [len(r.measurements) for r in got.readings] == [k] * 5
+        if k:
+            assert got.readings[3].measurements[-1] == batch.Measurement(
+                f"m{k - 1}", "V", 3 + (k - 1) / 2
+            )
+            assert type(got.readings[3].measurements[0]) is batch.Measurement
+        assert type(got.readings[0]) is batch.Reading and got.readings[0].received is None
+
+
+def test_whole_batch_lane_agrees_on_every_single_field_edge() -> None:
+    """As above, on a reading with numeric measurements only (the whole-batch lane's
+    shape), beside a valid one so the batch has more than one reading."""
+    base_m = [{"n": "temp", "u": "Cel", "v": 20.5}, {"n": "hum", "v": 40}]
+    base = {"device": "env-0001", "seq": 7, "time": 1795390000, "received": 1795390000.5,
+            "transport": "coap", "m": base_m}  # fmt: skip
+    variants: list[dict[str, Any]] = []
+    for key in [*base, "extra"]:
+        for value in [*_EDGES, _DROP_KEY]:
+            variants.append({k: v for k, v in {**base, key: value}.items() if v is not _DROP_KEY})
+    for i, m in enumerate(base_m):
+        for key in ["n", "u", "v", "vs", "vb", "t"]:
+            for value in [*_EDGES, _DROP_KEY]:
+                changed = {k: v for k, v in {**m, key: value}.items() if v is not _DROP_KEY}
+                variants.append({**base, "m": [*base_m[:i], changed, *base_m[i + 1 :]]})
+    variants.append({**base, "m": [base_m[0], {"n": "temp", "v": 1}]})  # a metric twice
+    for r in variants:
+        readings = [{**base, "seq": 1}, r]
+        data = cbor2.dumps({"gateway": "gw-01", "batch_id": "b", "readings": readings})
+        assert outcome(fastbatch.parse_batch, data, 5) == outcome(batch.parse_batch, data, 5), r

@@ -26,6 +26,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -122,6 +123,20 @@ UPDATE batches SET answer = $17 WHERE gateway = $15 AND batch_id = $16
 """
 
 _VALUE_COLUMNS = "value_int, value_real, value_text, value_bool"
+
+
+_VALUE = itemgetter(5)
+
+
+def _value_columns(value: Value) -> tuple[int | None, float | None, str | None, bool | None]:
+    """(value_int, value_real, value_text, value_bool) for one value; bool first (an int)."""
+    if value is True or value is False:
+        return None, None, None, value
+    if isinstance(value, str):
+        return None, None, value, None
+    if isinstance(value, int):
+        return value, None, None, None
+    return None, value, None, None
 
 
 def _value(vi: int | None, vr: float | None, vt: str | None, vb: bool | None) -> Value:
@@ -537,39 +552,26 @@ class _Prepared:
     ) -> tuple[list[tuple[Any, ...]], tuple[list[Any], ...], tuple[list[Any], ...]]:
         """Measurement records, and latest and devices columns, of the newly stored
         readings (`new`; None: all of them)."""
-        m: list[tuple[Any, ...]] = []
-        latest: dict[tuple[str, str], tuple[Any, ...]] = {}
-        devices: dict[str, list[Any]] = {}  # device -> [first_seen, last_seen, last_seq, n]
-        for key, r in self.unique.items():
-            if new is not None and key not in new:
-                continue
-            device, seq, t, rc, _, ms = r
-            row: tuple[Any, ...]
-            for name, unit, value in ms:
-                kind = type(value)
-                if kind is float:
-                    row = (device, seq, name, t, unit, None, value, None, None)
-                elif kind is int:
-                    row = (device, seq, name, t, unit, value, None, None, None)
-                elif kind is str:
-                    row = (device, seq, name, t, unit, None, None, value, None)
-                else:
-                    row = (device, seq, name, t, unit, None, None, None, value)
-                m.append(row)
-                prev = latest.get((device, name))
-                if prev is None or seq > prev[1]:
-                    latest[(device, name)] = row
-            rows.tally(devices, device, seq, t if rc is None else rc)
+        ordered = list(self.unique.values())  # in key order
+        if new is not None:
+            ordered = [r for r in ordered if (r[0], r[1]) in new]
+        plain = [(d, q, n, t, u, v) for d, q, t, _, _, ms in ordered for n, u, v in ms]
+        kinds = set(map(type, map(_VALUE, plain)))
+        m: list[tuple[Any, ...]]
+        if kinds <= {float}:  # the usual batches: one comprehension, no call per value
+            m = [(d, q, n, t, u, None, v, None, None) for d, q, n, t, u, v in plain]
+        elif kinds == {int}:
+            m = [(d, q, n, t, u, v, None, None, None) for d, q, n, t, u, v in plain]
+        else:
+            m = [(d, q, n, t, u, *_value_columns(v)) for d, q, n, t, u, v in plain]
+        latest = rows.newest(m)
+        devices = rows.device_rows(ordered)
         # latest's columns are (device, metric, seq, ...): measurements' with 2 and 3 swapped
         l_rows = [(d, n, q, *rest) for d, q, n, *rest in latest.values()]
         l_cols = tuple(list(col) for col in zip(*l_rows, strict=True)) or tuple(
             [] for _ in range(9)
         )
-        d_cols = (
-            list(devices),
-            [s[0] for s in devices.values()],
-            [s[1] for s in devices.values()],
-            [s[2] for s in devices.values()],
-            [s[3] for s in devices.values()],
+        d_cols = tuple(list(col) for col in zip(*devices, strict=True)) or tuple(
+            [] for _ in range(5)
         )
         return m, l_cols, d_cols

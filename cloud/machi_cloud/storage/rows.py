@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any
 
 import cbor2
@@ -97,16 +98,46 @@ def first_of_each(readings: Sequence[Reading]) -> dict[tuple[str, int], Reading]
     return first
 
 
-def tally(devices: dict[str, list[Any]], device: str, seq: int, seen_at: int | float) -> None:
-    """Count one new reading into `devices`: device -> [first_seen, last_seen, last_seq, n]."""
-    stats = devices.get(device)
-    if stats is None:
-        devices[device] = [seen_at, seen_at, seq, 1]
-    else:
-        stats[0] = min(stats[0], seen_at)
-        stats[1] = max(stats[1], seen_at)
-        stats[2] = max(stats[2], seq)
+_DEVICE_METRIC = itemgetter(0, 2)
+_VALUE = itemgetter(4)
+_NUMBERS = frozenset((int, float))
+
+
+def in_key_order(unique: dict[tuple[str, int], Reading]) -> list[Reading]:
+    """The readings of `first_of_each` in `(device, seq)` order: the tables' key order, so
+    inserts go to one B-tree page after another rather than all over; and for each
+    device a later reading is a newer one, so "the last one wins" picks the newest."""
+    return [unique[k] for k in sorted(unique)]
+
+
+def all_numbers(measurements: Sequence[tuple[Any, ...]]) -> bool:
+    """True when every `(device, seq, metric, unit, value)` row has a number (not a bool)."""
+    return set(map(type, map(_VALUE, measurements))) <= _NUMBERS
+
+
+def newest(measurements: Sequence[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """The newest row per (device, metric) of measurement rows whose first columns are
+    `(device, seq, metric, ...)`, in key order (`in_key_order`): the last of each wins."""
+    return dict(zip(map(_DEVICE_METRIC, measurements), measurements, strict=True))
+
+
+def device_rows(ordered: Sequence[Reading]) -> list[tuple[Any, ...]]:
+    """`(device, first_seen, last_seen, last_seq, readings)` per device, from new readings
+    in key order (`in_key_order`); seen is when the gateway received it, else its time."""
+    devices: dict[str, list[Any]] = {}  # device -> [first_seen, last_seen, last_seq, n]
+    for device, seq, t, rc, _, _ in ordered:
+        seen = t if rc is None else rc
+        stats = devices.get(device)
+        if stats is None:
+            devices[device] = [seen, seen, seq, 1]
+            continue
+        if seen < stats[0]:
+            stats[0] = seen
+        elif seen > stats[1]:
+            stats[1] = seen
+        stats[2] = seq
         stats[3] += 1
+    return [(d, *s) for d, s in devices.items()]
 
 
 # -- audit ------------------------------------------------------------------------------------

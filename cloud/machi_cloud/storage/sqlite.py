@@ -119,6 +119,9 @@ _INSERT_MEASUREMENT = (
     "INSERT INTO measurements (device, seq, metric, unit, value_num, value_text, value_bool)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_NUMBER = (
+    "INSERT INTO measurements (device, seq, metric, unit, value_num) VALUES (?, ?, ?, ?, ?)"
+)
 _UPSERT_LATEST = """
 INSERT INTO latest (device, metric, seq, time, unit, value_num, value_text, value_bool)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -298,11 +301,12 @@ class SQLiteStorage(Storage):
             return rows.replayed(gateway, batch_id, body_hash, row[0], row[1])
 
         unique = rows.first_of_each(readings)
+        ordered = rows.in_key_order(unique)
         now = time.time()
         before = conn.total_changes
         conn.executemany(
             _INSERT_SAMPLE,
-            [(d, q, t, rc, gateway, tr, batch_id, now) for d, q, t, rc, tr, _ in unique.values()],
+            [(d, q, t, rc, gateway, tr, batch_id, now) for d, q, t, rc, tr, _ in ordered],
         )
         new = unique
         if conn.total_changes - before != len(unique):
@@ -311,32 +315,21 @@ class SQLiteStorage(Storage):
                 for key, r in unique.items()
                 if conn.execute(_MINE, (*key, gateway, batch_id)).fetchone() is not None
             }
-        measurements: list[tuple[Any, ...]] = []
-        add = measurements.append
-        latest: dict[tuple[str, str], tuple[Any, ...]] = {}  # -> (seq, time, measurement)
-        devices: dict[str, list[Any]] = {}  # device -> [first_seen, last_seen, last_seq, n]
-        m: tuple[Any, ...]
-        for device, seq, t, rc, _, ms in new.values():
-            for name, unit, value in ms:
-                kind = type(value)
-                if kind is float or kind is int:
-                    m = (device, seq, name, unit, value, None, None)
-                elif kind is str:
-                    m = (device, seq, name, unit, None, value, None)
-                else:
-                    m = (device, seq, name, unit, None, None, int(value))
-                add(m)
-                key = (device, name)
-                prev = latest.get(key)
-                if prev is None or seq > prev[0]:
-                    latest[key] = (seq, t, m)
-            rows.tally(devices, device, seq, t if rc is None else rc)
-        conn.executemany(_INSERT_MEASUREMENT, measurements)
+        if new is not unique:
+            ordered = [r for r in ordered if (r[0], r[1]) in new]
+        measurements = [(d, q, n, u, v) for d, q, _, _, _, ms in ordered for n, u, v in ms]
+        if rows.all_numbers(measurements):  # the usual batch: the columns it needs only
+            conn.executemany(_INSERT_NUMBER, measurements)
+        else:
+            conn.executemany(_INSERT_MEASUREMENT, [(*m[:4], *_columns(m[4])) for m in measurements])
         conn.executemany(
             _UPSERT_LATEST,
-            [(d, n, q, t, m[3], m[4], m[5], m[6]) for (d, n), (q, t, m) in latest.items()],
+            [
+                (d, n, q, new[d, q][2], u, *_columns(v))
+                for d, q, n, u, v in rows.newest(measurements).values()
+            ],
         )
-        conn.executemany(_UPSERT_DEVICE, [(d, *s) for d, s in devices.items()])
+        conn.executemany(_UPSERT_DEVICE, rows.device_rows(ordered))
         result = BatchResult(
             batch_id=batch_id,
             stored=len(new),
