@@ -6,7 +6,9 @@ load generator (this process, pinned to CPU 1 when there is one):
 - bare:    an aiocoap server whose ``/r`` answers 2.04 and does nothing else (baseline);
 - gateway: the real ingress: SenML decode, registry check, SQLite queue in WAL with
            ``synchronous=FULL`` (group commit; every reading committed before its ACK),
-           the CF 60 time payload in the 2.04;
+           the CF 60 time payload in the 2.04. Its aiocoap context skips what bare pays
+           per request for nothing (a ``%r`` of the request for a task name, the Site's
+           copy of the request, the method dispatch): ingress/coap.py;
 - echo:    a raw UDP socket answering every request with a pre-built 2.04 ACK: no CoAP
            library, so its rate is the load generator's own ceiling.
 
@@ -20,9 +22,10 @@ per request (~140 bytes), and packs of 10 readings of 3 measurements (~660 bytes
 protocol's "several readings in one pack": a node catching up on its backlog).
 
 ``python -m bench.gateway_coap`` (``MACHI_BENCH_SECONDS``, default 3, per server and
-level; fresh servers for each level); ``... profile`` profiles the gateway process
-(cProfile, main thread) and prints the top functions; ``... steady`` keeps one gateway
-loaded with 10-packs for 8 x 5 s and prints each window.
+level; fresh servers for each level; ``MACHI_BENCH_ROUNDS``, default 1, repeats the whole
+run and prints medians: on a shared machine single runs move by ±30 %); ``... profile``
+profiles the gateway process (cProfile, main thread) and prints the top functions;
+``... steady`` keeps one gateway loaded with 10-packs for 8 x 5 s and prints each window.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import pstats
 import random
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -212,6 +216,18 @@ def drive(port: int, concurrency: int, seconds: float, seq_base: int,
     }
 
 
+def _median(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over rounds (``MACHI_BENCH_ROUNDS``); answer codes summed."""
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in rs)
+                           for k, v in rs[0].items() if isinstance(v, int | float)}
+    codes: dict[str, int] = {}
+    for r in rs:
+        for code, n in r["codes"].items():
+            codes[code] = codes.get(code, 0) + n
+    out["codes"] = codes
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` and its threads (Linux /proc; 0 elsewhere):
     the server's cost per request, which a machine shared with other jobs distorts less
@@ -279,44 +295,54 @@ def run() -> None:
     seconds = float(os.environ.get("MACHI_BENCH_SECONDS", "3"))
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
+    rounds = max(1, int(os.environ.get("MACHI_BENCH_ROUNDS", "1")))
     templates = {n: Template(n, ms) for _, n, ms, _ in LEVELS}
-    results: dict[tuple[str, str, int], dict[str, Any]] = {}
+    samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     seq_base = _SEQ_BASE + random.randrange(1 << 20) * 10**7
     with tempfile.TemporaryDirectory(prefix="machi-bench-") as tmp:
         # fresh servers for every level: aiocoap keeps each exchange for EXCHANGE_LIFETIME
         # (247 s), so a server's cost per request grows while it is loaded (`steady` below)
-        for i, (label, n, _, conc) in enumerate([("echo", 1, ENV, 64), *LEVELS]):
-            kinds = ("echo",) if label == "echo" else ("bare", "gateway")
-            level = Path(tmp) / f"level{i}"
-            level.mkdir()
-            procs = {kind: start_server(kind, level) for kind in kinds}
-            try:
-                for kind in kinds:  # interleaved: same machine state
-                    proc, port = procs[kind]
-                    drive(port, conc, 0.3, seq_base, templates[n])  # warm-up
-                    seq_base += 10**6
-                    key = (kind, "1 reading" if label == "echo" else label, conc)
-                    results[key] = measure(proc, port, conc, seconds, seq_base, templates[n])
-                    seq_base += 10**6
-            finally:
-                for proc, _ in procs.values():
-                    proc.terminate()
-                    proc.wait(10)
+        for rnd in range(rounds):
+            for i, (label, n, _, conc) in enumerate([("echo", 1, ENV, 64), *LEVELS]):
+                kinds = ("echo",) if label == "echo" else ("bare", "gateway")
+                level = Path(tmp) / f"round{rnd}-level{i}"
+                level.mkdir()
+                procs = {kind: start_server(kind, level) for kind in kinds}
+                try:
+                    # interleaved, alternating who goes first: same machine state
+                    for kind in kinds if rnd % 2 == 0 else kinds[::-1]:
+                        proc, port = procs[kind]
+                        drive(port, conc, 0.3, seq_base, templates[n])  # warm-up
+                        seq_base += 10**6
+                        key = (kind, "1 reading" if label == "echo" else label, conc)
+                        samples.setdefault(key, []).append(
+                            measure(proc, port, conc, seconds, seq_base, templates[n]))
+                        seq_base += 10**6
+                finally:
+                    for proc, _ in procs.values():
+                        proc.terminate()
+                        proc.wait(10)
+    results = {key: _median(rs) for key, rs in samples.items()}
+    if rounds > 1:
+        print(f"medians of {rounds} rounds (fresh servers each round)")
     e = results["echo", "1 reading", 64]
     print(f"load generator ceiling (raw UDP echo server, 64 in flight): {e['rate']:.0f} req/s")
     print(f"{'server':<8} {'payload':<10} {'in flight':>9} {'req/s':>7} {'readings/s':>10} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'non-2.04':>8} {'vs bare':>8} "
-          f"{'CPU us/req':>10} {'ceiling/s':>9}")
+          f"{'CPU us/req':>10} {'ceiling/s':>9} {'CPU vs bare':>11}")
     for label, _, _, conc in LEVELS:
+        bare = results["bare", label, conc]
         for kind in ("bare", "gateway"):
             r = results[kind, label, conc]
-            ratio = r["rate"] / max(results["bare", label, conc]["rate"], 1e-9)
+            ratio = r["rate"] / max(bare["rate"], 1e-9)
             ceiling = 1e6 / r["cpu_us"] if r["cpu_us"] else float("nan")
+            by_cpu = bare["cpu_us"] / r["cpu_us"] if r["cpu_us"] else float("nan")
             print(f"{kind:<8} {label:<10} {conc:>9} {r['rate']:>7.0f} {r['readings']:>10.0f} "
                   f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['lost']:>5} {r['other']:>8} "
-                  f"{ratio:>7.0%} {r['cpu_us']:>10.0f} {ceiling:>9.0f}")
+                  f"{ratio:>7.0%} {r['cpu_us']:>10.0f} {ceiling:>9.0f} {by_cpu:>10.0%}")
     print("CPU us/req: the server process's CPU time per answered request; ceiling/s: "
-          "requests/s one idle core would give at that cost")
+          "requests/s one idle core would give at that cost; CPU vs bare: bare's CPU per "
+          "request over this server's (the rate ratio on a core of its own)")
     for key, r in results.items():
         if r["codes"]:
             print(f"  {key[0]} {key[1]} at {key[2]} in flight answered {r['codes']}")

@@ -28,7 +28,10 @@ def split_command_results(reading: Reading) -> tuple[Reading, dict[int, str]]:
     """Strip ``cmd/<cid>`` records (contract C2) from a reading: they are command states,
     not measurements. Returns the reading without them and ``{cid: "ok" | "err:..."}``."""
     results: dict[int, str] = {}
-    if not any(m.name.startswith("cmd/") for m in reading.measurements):
+    for m in reading.measurements:  # a loop, not any(<generator>): on every reading's path
+        if m.name.startswith("cmd/"):
+            break
+    else:
         return reading, results  # the common case, without a regex per measurement
     kept = []
     for m in reading.measurements:

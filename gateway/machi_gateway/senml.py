@@ -18,13 +18,14 @@ from typing import Any
 import cbor2
 
 from .errors import BadReading
-from .model import DEVICE_RE, NAME_RE, SEQ_LIMIT, Measurement, Reading, Value
+from .model import DEVICE_RE, NAME_RE, SEQ_LIMIT, Measurement, Reading
 
 # SenML-CBOR integer labels (RFC 8428 §6).
 BVER, BN, BT, BU = -1, -2, -3, -4
 N, U, V, VS, VB, S, T = 0, 1, 2, 3, 4, 5, 6
 _BASE_LABELS = frozenset({BVER, BN, BT, BU})
 _META_LABELS = frozenset({BVER, BN, BT, BU, N, V})
+_FAST_META_LABELS = frozenset({BN, BT, BU, N, V})  # no bver: that one takes the full check
 _RECORD_LABELS = frozenset({N, U, V, VS, VB, T})
 _SENML_VERSION = 10  # RFC 8428's default; a higher bver means fields we do not know
 SEQ_NAME = "seq"
@@ -79,22 +80,54 @@ def decode_cbor(payload: bytes) -> Any:
     return item
 
 
-def _records(pack: object) -> list[dict[int, Any]]:
+def _records(pack: object) -> tuple[list[dict[int, Any]], list[int]]:
+    """The pack's records, checked to be maps with integer labels, and the indexes of its
+    seq records (where readings start), found in the same pass."""
     if not isinstance(pack, list):
         raise _fail("not-a-pack", f"expected a CBOR array of records, got {type(pack).__name__}")
     if not pack:
         raise _fail("not-a-pack", "empty pack")
+    starts = []
     for i, rec in enumerate(pack):
         if not isinstance(rec, dict):
             raise _fail("not-a-record", f"record {i} is a {type(rec).__name__}, not a map")
         for key in rec:
             if type(key) is not int:  # cbor2 makes plain ints; True/False are not labels
                 raise _fail("bad-label", f"record {i} has non-integer label {_show(key)}")
-    return pack
+        if rec.get(N) == SEQ_NAME:
+            starts.append(i)
+    return pack, starts
+
+
+# Base names already checked ("<device>:" -> device): a pack's readings, and a node's
+# every pack, repeat the same one. Bounded like _NAMES below.
+_BASE_NAMES: dict[str, str] = {}
 
 
 def _meta(rec: dict[int, Any]) -> tuple[str, int, float | int | None, str | None]:
-    """Check record 0 and return (device, seq, bt, bu)."""
+    """Check record 0 and return (device, seq, bt, bu): the common valid seq record with
+    as few operations as possible, anything else through :func:`_meta_checked`."""
+    bn = rec.get(BN)
+    seq = rec.get(V)
+    if (type(bn) is str and type(seq) is int and rec.keys() <= _FAST_META_LABELS
+            and rec.get(N) == SEQ_NAME and 0 <= seq < SEQ_LIMIT):
+        device = _BASE_NAMES.get(bn)
+        bt = rec.get(BT)
+        bu = rec.get(BU)
+        if (device is not None
+                and (bt is None or (type(bt) is int and _INT64_MIN <= bt < SEQ_LIMIT)
+                     or (type(bt) is float and math.isfinite(bt)))
+                and (bu is None or (type(bu) is str and bu))):
+            return device, seq, bt, bu
+    device, seq, bt, bu = _meta_checked(rec)
+    if len(_BASE_NAMES) >= _NAMES_MAX:
+        _BASE_NAMES.clear()
+    _BASE_NAMES[device + ":"] = device
+    return device, seq, bt, bu
+
+
+def _meta_checked(rec: dict[int, Any]) -> tuple[str, int, float | int | None, str | None]:
+    """Check record 0 field by field, naming what is wrong."""
     if BN not in rec:
         raise _fail("no-bn", "record 0 has no base name (bn)")
     bn = rec[BN]
@@ -130,7 +163,6 @@ def _meta(rec: dict[int, Any]) -> tuple[str, int, float | int | None, str | None
 # sending ever new names only costs the regex again.
 _NAMES: set[str] = set()
 _NAMES_MAX = 4096
-_FAST_LABELS = frozenset({N, U, V, VS, VB})
 
 
 def _known_name(name: str) -> bool:
@@ -148,41 +180,67 @@ def _known_name(name: str) -> bool:
 # the same fields more strictly, so it builds them without checking twice (those checks
 # cost a third of the decoding: bench/gateway_coap.py). gateway/tests/test_senml.py holds
 # the decoded objects equal to ones built through the checking constructors.
+# They are set through the slots' own setters (no frozen-dataclass __setattr__ to go
+# around, no attribute lookup by name).
 _new = object.__new__
-_set = object.__setattr__
+_SET_READING = tuple(Reading.__dict__[f].__set__ for f in (
+    "device", "seq", "time", "received", "transport", "measurements", "meta"))
+_set_name = Measurement.__dict__["name"].__set__
+_set_unit = Measurement.__dict__["unit"].__set__
+_set_value = Measurement.__dict__["value"].__set__
+_NOT_FAST = object()
 
 
-def _measurement_of(name: str, unit: str | None, value: Value) -> Measurement:
-    m = _new(Measurement)
-    _set(m, "name", name)
-    _set(m, "unit", unit)
-    _set(m, "value", value)
-    return m
-
-
-def _measurement(i: int, rec: dict[int, Any], bu: str | None) -> Measurement:
-    """The common valid record, checked with as few operations as possible (the CoAP
-    path's hot loop: bench/gateway_coap.py); anything else takes the full checks below,
-    which name the problem."""
-    if rec.keys() <= _FAST_LABELS:
+def _measurements(records: list[dict[int, Any]], bu: str | None, start: int = 0,
+                  end: int | None = None) -> tuple[Measurement, ...]:
+    """Records ``start + 1 .. end`` (a reading's, after its seq record) as measurements.
+    The common valid record is checked with as few operations as possible (the CoAP
+    path's hot loop: bench/gateway_coap.py); anything else takes
+    :func:`_measurement_checked`, which names the problem."""
+    out = []
+    names = []
+    known = _NAMES
+    isfinite = math.isfinite
+    for i in range(start + 1, len(records) if end is None else end):
+        rec = records[i]
+        # Its labels are ints (_records checked), so two labels that are n and a value
+        # are exactly {n, value}; three with u too are {n, u, value}: no set operations.
         name = rec.get(N)
-        unit = rec.get(U, bu)
-        if (type(name) is str and _known_name(name)
-                and (unit is None or (type(unit) is str and unit))):
-            if V in rec:
-                value = rec[V]
+        value: Any = rec.get(V, _NOT_FAST)
+        size = len(rec)
+        if (type(name) is str and (size == 2 or (size == 3 and U in rec))
+                and (name in known or _known_name(name))):
+            unit = bu if size == 2 else rec[U]
+            if unit is not None and (type(unit) is not str or not unit):
+                value = _NOT_FAST
+            elif value is not _NOT_FAST:
                 kind = type(value)
-                if VS not in rec and VB not in rec and (
-                        (kind is float and math.isfinite(value))
+                if not ((kind is float and isfinite(value))
                         or (kind is int and _INT64_MIN <= value < SEQ_LIMIT)):
-                    return _measurement_of(name, unit, value)
+                    value = _NOT_FAST
             elif VS in rec:
                 value = rec[VS]
-                if VB not in rec and type(value) is str:
-                    return _measurement_of(name, unit, value)
-            elif type(rec.get(VB)) is bool:
-                return _measurement_of(name, unit, rec[VB])
-    return _measurement_checked(i, rec, bu)
+                if type(value) is not str:
+                    value = _NOT_FAST
+            elif VB in rec:
+                value = rec[VB]
+                if type(value) is not bool:
+                    value = _NOT_FAST
+        else:
+            value = _NOT_FAST
+        if value is _NOT_FAST:
+            m = _measurement_checked(i - start, rec, bu)
+            name = m.name
+        else:
+            m = _new(Measurement)  # = Measurement(name, unit, value): see _new above
+            _set_name(m, name)
+            _set_unit(m, unit)
+            _set_value(m, value)
+        out.append(m)
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise _fail("duplicate-name", "a measurement name appears twice")
+    return tuple(out)
 
 
 def _measurement_checked(i: int, rec: dict[int, Any], bu: str | None) -> Measurement:
@@ -219,22 +277,20 @@ def _measurement_checked(i: int, rec: dict[int, Any], bu: str | None) -> Measure
     return Measurement(name=name, unit=unit, value=value)
 
 
-def _reading(records: list[dict[int, Any]], *, received: float,
+def _reading(records: list[dict[int, Any]], start: int, end: int, received: float,
              transport: str) -> tuple[Reading, float | int | None, str | None]:
-    """One reading: its seq record then its measurements; also returns its bt and bu."""
-    device, seq, bt, bu = _meta(records[0])
-    measurements = tuple(_measurement(i, rec, bu) for i, rec in enumerate(records[1:], 1))
-    names = [m.name for m in measurements]
-    if len(set(names)) != len(names):
-        raise _fail("duplicate-name", "a measurement name appears twice")
-    reading = _new(Reading)  # = Reading(...): see _measurement_of
-    _set(reading, "device", device)
-    _set(reading, "seq", seq)
-    _set(reading, "time", bt if bt is not None else received)
-    _set(reading, "received", received)
-    _set(reading, "transport", transport)
-    _set(reading, "measurements", measurements)
-    _set(reading, "meta", {})
+    """One reading, ``records[start:end]``: its seq record then its measurements; also
+    returns its bt and bu."""
+    device, seq, bt, bu = _meta(records[start])
+    measurements = _measurements(records, bu, start, end)
+    reading = _new(Reading)  # = Reading(...): see _new above
+    _SET_READING[0](reading, device)
+    _SET_READING[1](reading, seq)
+    _SET_READING[2](reading, bt if bt is not None else received)
+    _SET_READING[3](reading, received)
+    _SET_READING[4](reading, transport)
+    _SET_READING[5](reading, measurements)
+    _SET_READING[6](reading, {})
     return reading, bt, bu
 
 
@@ -250,8 +306,7 @@ def decode_readings(payload: bytes, *, received: float, transport: str) -> list[
     if (isinstance(received, bool) or not isinstance(received, int | float)
             or not math.isfinite(received) or not isinstance(transport, str) or not transport):
         raise ValueError("received must be a finite number, transport a non-empty string")
-    records = _records(decode_cbor(payload))
-    starts = [i for i, rec in enumerate(records) if rec.get(N) == SEQ_NAME]
+    records, starts = _records(decode_cbor(payload))
     if not starts or starts[0] != 0:
         # record 0 is not a seq record: _meta names what is wrong with it
         starts = [0, *starts]
@@ -263,8 +318,7 @@ def decode_readings(payload: bytes, *, received: float, transport: str) -> list[
     for k, start in enumerate(starts):
         end = starts[k + 1] if k + 1 < len(starts) else len(records)
         try:
-            reading, bt, bu = _reading(records[start:end], received=received,
-                                       transport=transport)
+            reading, bt, bu = _reading(records, start, end, received, transport)
         except BadReading as exc:
             if len(starts) == 1:
                 raise

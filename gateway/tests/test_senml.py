@@ -183,3 +183,67 @@ def test_decoded_objects_equal_what_the_checking_constructors_make(
     assert [f.name for f in dataclasses.fields(Measurement)] == ["name", "unit", "value"]
     with pytest.raises(ValueError):
         decode_readings(bytes.fromhex(cases[0]["hex"]), received=float("nan"), transport="coap")
+
+
+def _outcome(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        got = fn(*args)
+    except BadReading as exc:
+        return ("rejected", exc.reason, exc.detail)
+    if isinstance(got, tuple) and got and isinstance(got[0], Measurement):
+        return [(m.name, m.unit, type(m.value), m.value) for m in got]  # True != 1 here
+    return got
+
+
+def test_fast_paths_agree_with_the_full_checks() -> None:
+    """The decoder's fast paths for the common records (no set operations, cached names)
+    accept and refuse exactly what the field-by-field checks do, with the same reason."""
+    import itertools
+    import random
+
+    from machi_gateway import senml
+
+    rnd = random.Random(8)
+    values = [None, 0, -1, 2**63, -(2**63) - 1, 1.5, float("inf"), float("nan"), "", "x",
+              True, False, b"b", [1], {0: 1}]
+    names = ["temp", "cmd/3", "seq", "", "bad name", 5, None, "temp"]
+    units = [None, "Cel", "", 3, b"u"]
+    labels = [senml.N, senml.U, senml.V, senml.VS, senml.VB, senml.T, senml.BN, 77]
+    for _ in range(4000):
+        keys = rnd.sample(labels, rnd.randrange(0, 5))
+        rec: dict[int, Any] = {}
+        for k in keys:
+            rec[k] = (rnd.choice(names) if k == senml.N else rnd.choice(units)
+                      if k == senml.U else rnd.choice([0, 0.0, 1]) if k == senml.T
+                      else rnd.choice(values))
+        for bu in (None, "V"):
+            fast = _outcome(senml._measurements, [{}, rec], bu)
+            slow = _outcome(lambda r, b: (senml._measurement_checked(1, r, b),), rec, bu)
+            assert fast == slow, (rec, bu)
+    metas: list[dict[int, Any]] = [{0: "seq", 2: 5, -2: "env-0001:"}]
+    extras: list[dict[int, Any]] = [{}, {-1: 10}, {-1: 11}, {6: 0}, {0: "x"}]
+    for bn, seq, bt, bu2, extra in itertools.product(
+            ["env-0001:", "env-0001", "Env:", 7, "x" * 40 + ":"], [0, -1, 2**63, 1.0, True],
+            [None, 5, 1.5, float("nan"), True, 2**63], [None, "V", "", 3], extras):
+        meta: dict[int, Any] = {0: "seq", 2: seq, -2: bn, **extra}
+        if bt is not None:
+            meta[-3] = bt
+        if bu2 is not None:
+            meta[-4] = bu2
+        metas.append(meta)
+    for meta in metas:
+        for _ in range(2):  # the second time, the base name may come from the cache
+            assert _outcome(senml._meta, meta) == _outcome(senml._meta_checked, meta), meta
+
+
+@pytest.mark.parametrize(("record0", "record1", "reason"), [
+    ({0: "seq", 2: 1, -2: "env-0001\n:"}, {0: "temp", 2: 1.0}, "bad-bn"),
+    ({0: "seq", 2: 1, -2: "env-0001:"}, {0: "temp\n", 2: 1.0}, "bad-name"),
+])
+def test_a_trailing_newline_is_not_part_of_a_valid_id(
+        record0: dict[int, Any], record1: dict[int, Any], reason: str) -> None:
+    with pytest.raises(BadReading) as exc:
+        decode_pack(_pack(record0, record1), received=RECEIVED, transport="coap")
+    assert exc.value.reason == reason
+    with pytest.raises(ValueError):
+        Measurement("temp\n", None, 1.0)

@@ -132,3 +132,107 @@ async def test_state_survives_reopen(tmp_path: Path, make_reading: Callable[...,
         assert s.depth == 1
         assert await s.add(make_reading(seq=1)) == "duplicate"
         assert await s.next_batch_number() == 2
+
+
+_OLD_SCHEMA = """
+CREATE TABLE queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, seq INTEGER NOT NULL,
+    received REAL NOT NULL, body BLOB NOT NULL, UNIQUE (device, seq));
+CREATE TABLE seen (device TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (device, seq)) WITHOUT ROWID;
+CREATE INDEX seen_at ON seen (at);
+"""
+
+
+async def test_a_queue_file_from_before_qid_keeps_working(
+    tmp_path: Path, make_reading: Callable[..., Reading]
+) -> None:
+    """A queue written by the previous schema (no seen.qid, the queue's own UNIQUE index):
+    its queued readings are still acknowledged, dead-lettered, recognised and kept."""
+    import cbor2
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_OLD_SCHEMA)
+    queued = [make_reading(seq=s) for s in (1, 2, 3)]
+    for r in queued:
+        conn.execute("INSERT INTO queue (device, seq, received, body) VALUES (?, ?, ?, ?)",
+                     (r.device, r.seq, r.received, cbor2.dumps(r.to_wire())))
+    conn.execute("INSERT INTO seen VALUES ('env-0001', 0, 1.0)")  # uploaded long ago
+    conn.executemany("INSERT INTO seen VALUES (?, ?, ?)", [(*r.key, 2.0) for r in queued])
+    conn.commit()
+    conn.close()
+    async with Store(path, max_readings=10, retry_after_s=5, dedup_window_s=100) as s:
+        assert s.depth == 3
+        assert await s.oldest(10) == queued
+        assert await s.add(make_reading(seq=0)) == "duplicate"
+        assert await s.add(queued[0]) == "duplicate"
+        assert await s.add(make_reading(seq=4)) == "new"
+        assert await s.ack([queued[0].key]) == 1
+        assert await s.dead_letter([DeadLetter("env-0001", 2, "bad")]) == 1
+        await s.prune()  # everything is older than the window; queued ones stay known
+        assert [r.seq for r in await s.oldest(10)] == [3, 4]
+        assert await s.add(queued[2]) == "duplicate"
+        assert await s.ack([queued[2].key, ("env-0001", 4)]) == 2
+        assert s.depth == 0
+    assert _rows(path, "SELECT COUNT(*) FROM queue") == [(0,)]
+
+
+async def test_a_new_queue_has_one_index_on_the_key(store: Store) -> None:
+    """seen's primary key is the only (device, seq) index: the queue has none of its own
+    (each would cost a B-tree page per reading in every commit)."""
+    assert _rows(store.path, "PRAGMA index_list(queue)") == []
+
+
+async def test_ack_matches_the_key_not_just_the_seen_row(
+    store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    """A seen row whose qid names another reading's queue row (never made by the store,
+    forced here) does not let an ack delete that other reading."""
+    a, b = make_reading(seq=1), make_reading(seq=2)
+    await store.add(a)
+    await store.add(b)
+
+    def point_a_at_b() -> None:
+        store._db.execute("UPDATE seen SET qid = (SELECT qid FROM seen WHERE seq = 2) "
+                          "WHERE seq = 1")
+    await store._run(point_a_at_b)
+    assert await store.ack([a.key]) == 0
+    assert await store.oldest(10) == [a, b]
+
+
+async def test_a_stale_id_counter_costs_one_retry_not_a_reading(
+    store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    from machi_gateway.errors import StoreUnavailable
+
+    await store.add(make_reading(seq=1))
+    store._next_id = 1  # as if another writer had taken the id
+    with pytest.raises(StoreUnavailable):
+        await store.add(make_reading(seq=2))
+    assert await store.add(make_reading(seq=2)) == "new"  # the counter is read again
+    assert [r.seq for r in await store.oldest(10)] == [1, 2]
+    assert store.depth == 2
+
+
+async def test_queued_readings_written_by_an_older_gateway_are_linked_at_open(
+    tmp_path: Path, make_reading: Callable[..., Reading]
+) -> None:
+    """An older gateway on this file (a downgrade) writes seen rows without qid: opened
+    again, those queued readings can still be acknowledged, and stay known until then."""
+    path = tmp_path / "q.db"
+    async with Store(path, max_readings=10, retry_after_s=5, dedup_window_s=100) as s:
+        for seq in (1, 2, 3):
+            await s.add(make_reading(seq=seq))
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE seen SET qid = NULL WHERE seq = 1")  # as the older code wrote it
+    conn.execute("UPDATE seen SET qid = 99 WHERE seq = 2")
+    conn.execute("DELETE FROM seen WHERE seq = 3")
+    conn.commit()
+    conn.close()
+    async with Store(path, max_readings=10, retry_after_s=5, dedup_window_s=100) as s:
+        await s.prune()
+        for seq in (1, 2, 3):
+            assert await s.add(make_reading(seq=seq)) == "duplicate"
+        assert await s.ack([("env-0001", 1), ("env-0001", 2), ("env-0001", 3)]) == 3
+        assert s.depth == 0

@@ -25,6 +25,7 @@ import aiocoap
 import aiocoap.error
 import aiocoap.resource
 from aiocoap.numbers.codes import Code
+from aiocoap.pipe import error_to_message, run_driving_pipe
 
 from ..errors import (
     ListenError,
@@ -89,6 +90,20 @@ def _refuse_non_utf8_options() -> None:
     optiontypes.StringOption.decode = checked
 
 
+class _Context(aiocoap.Context):  # type: ignore[misc]  # untyped lib
+    """aiocoap's server context, minus a ``%r`` of every request.
+
+    ``Context.render_to_pipe`` names each request's task ``"Rendering for %r" % request``:
+    the Message repr formats the remote, which parses its address with ``ipaddress`` and
+    looks up the interface name, for a name nobody reads (a tenth of the gateway's
+    per-request time under bench/gateway_coap.py's profile). Same pipes, same error
+    handling, an unnamed task.
+    """
+
+    def render_to_pipe(self, pipe: Any) -> None:
+        run_driving_pipe(error_to_message(pipe, self.log), self._render_to_pipe(pipe))
+
+
 class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyped lib
     """``/r``: POST one SenML-CBOR pack of 1..16 readings. Other methods get 4.05."""
 
@@ -115,13 +130,23 @@ class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyp
             # the request (docs/security.md §1.3), so ours is bare.
             self.sink.rejected("coap", "method")
             return aiocoap.Message(code=aiocoap.METHOD_NOT_ALLOWED)
-        response: aiocoap.Message = await super().render(request)
+        # render_post directly, not through aiocoap's method dispatch (a str() of the
+        # code and a getattr per request); what that dispatch adds to a response it
+        # renders is copied here: the request's No-Response option.
+        response = await self.render_post(request)
+        if response.opt.no_response is None:
+            response.opt.no_response = request.opt.no_response
         return response
 
     async def needs_blockwise_assembly(self, request: Any) -> bool:
         # A reading must fit in one datagram; a Block1 transfer is refused with 4.13
         # rather than buffered, so a node cannot make us hold partial uploads.
         return False
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        # aiocoap's Resource does this after awaiting needs_blockwise_assembly(), which
+        # is always False here: one coroutine less per request.
+        pipe.add_response(await self.render(pipe.request), is_last=True)
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
         try:
@@ -236,7 +261,7 @@ class CoapIngress(Ingress):
             site = RateLimitedSite(site, TokenBuckets(self.rate_per_source, self.rate_burst),
                                    lambda reason: sink.rejected("coap", reason))
         try:
-            self._ctx = await aiocoap.Context.create_server_context(
+            self._ctx = await _Context.create_server_context(
                 site, bind=(self.host, self.port), transports=["udp6"], loggername="machi.coap"
             )
         except (OSError, aiocoap.error.Error) as exc:
