@@ -5,7 +5,6 @@
 # "dead"). No thresholds: every sample is a reading.
 from quant import q, with_err
 
-TYPE = "env"
 # name, unit, quantisation bits (steps of 2**-bits, float16-exact; 0 = integer)
 _METRICS = (("temp", "Cel", 2), ("hum", "%RH", 2), ("pres", "Pa", 0), ("pm25", "ug/m3", 0),
             ("pm10", "ug/m3", 0), ("lux", "lx", 0), ("bat", "V", 6))

@@ -12,16 +12,14 @@
 import sun
 from quant import q
 
-TYPE = "light"
-_DEFAULTS = {"lat": 36.115, "lon": 137.954, "idle_dim": 40, "motion_dim": 100,
-             "motion_hold_s": 30.0, "failsafe_s": 3600.0, "on_below_lx": 50.0,
-             "tick_s": 0.5}
-_MODES = ("auto", "on", "off")
+# (the defaults and the modes are literals where they are used, not module-level names:
+# each name is a qstr on the node's heap, firmware/README.md, budgets)
 
 
 class App:
     def __init__(self, board, cfg=None):
-        c = dict(_DEFAULTS)
+        c = {"lat": 36.115, "lon": 137.954, "idle_dim": 40, "motion_dim": 100,
+             "motion_hold_s": 30.0, "failsafe_s": 3600.0, "on_below_lx": 50.0, "tick_s": 0.5}
         for k in cfg or {}:
             if k not in c:
                 raise ValueError("app.%s: unknown key for light" % k)
@@ -111,7 +109,7 @@ class App:
             self.mode = "on" if lv else "off"
         elif name == "schedule":
             m = args.get("mode")
-            if m not in _MODES:
+            if m not in ("auto", "on", "off"):
                 return "err:mode"
             self.mode = m
         elif name == "config":

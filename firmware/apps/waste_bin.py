@@ -6,7 +6,6 @@
 # Each alarm is latched with hysteresis so one event is one urgent reading.
 from quant import q, with_err
 
-TYPE = "bin"
 _DEFAULTS = {"depth_cm": 120.0, "pings": 5, "full_pct": 80.0, "fire_c": 60.0, "check_s": 60.0,
              "empty_drop": 30.0, "outlier_cm": 10.0}
 

@@ -24,16 +24,6 @@ import time
 from boards.bootcount import count_boot
 from boards.scenario import Scenario
 
-_RATED_W = 60.0  # the virtual lamp at 100 %
-_STANDBY_W = 0.5  # controller and radio
-
-
-def _seed_rng():
-    b = os.urandom(4)
-    random.seed(b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3])
-    return random
-
-
 class Dimmer:
     # stands for the PWM dimmer driver: remembers the level, the power meter reads it
     def __init__(self):
@@ -51,7 +41,9 @@ class Board:
 
     def __init__(self, state_dir, seed=1, scenario=None, clock=True):
         self.clock = time
-        self.rng = _seed_rng()
+        b = os.urandom(4)
+        random.seed(b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3])
+        self.rng = random
         self.state_dir = state_dir
         _makedirs(state_dir)
         self.scenario = Scenario(seed, scenario)
@@ -71,7 +63,9 @@ class Board:
 
     def sensor(self, name):
         if name == "power":
-            p = _STANDBY_W + _RATED_W * self.dimmer.level / 100.0
+            # controller and radio 0.5 W, the virtual lamp 60 W at 100 % (literals: a
+            # module-level name is a qstr on the node's heap, firmware/README.md, budgets)
+            p = 0.5 + 60.0 * self.dimmer.level / 100.0
             return p + 0.2 * self.scenario._noise(12, time.time())
         # the virtual world runs on the PC's clock, whether or not the node knows the time
         return self.scenario.read(name, time.time())
@@ -93,13 +87,6 @@ class Board:
 
     def wait_transport(self, log):
         return True
-
-    def uart(self, path, baudrate=115200):
-        # the NB-IoT modem's UART: a serial device or the pty of tools' emulated modem
-        # (boards/unix_uart.py: loaded only for NB-IoT, its code would sit on every heap)
-        from boards.unix_uart import PtyUart
-
-        return PtyUart(path)
 
 
 def _makedirs(path):

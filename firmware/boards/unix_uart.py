@@ -1,4 +1,4 @@
-# The unix board's UART for the NB-IoT modem (boards/unix.py Board.uart): a serial device
+# The unix board's UART for the NB-IoT modem (lib/nodelinks.py nbiot): a serial device
 # or the pty of tools' emulated modem. A module of its own so that nodes on other links do
 # not carry its code on their heap (firmware/README.md, budgets).
 

@@ -20,7 +20,8 @@
 # fresh Echo value at every boot, so the first request after a boot gets a protected 4.01
 # with Echo and only a request that returns it is taken (captures from before the boot stay
 # refused). A plain request to an OSCORE node is refused 4.01: only the gateway that holds
-# the device key can command the light.
+# the device key can command the light. That part is oscore_transport.serve(), loaded only
+# on an OSCORE node: a light without OSCORE does not intern its names.
 import cbor
 import coap
 
@@ -33,8 +34,7 @@ except ImportError:  # CPython host tests
 
 
 _CACHE = const(4)  # answers kept for retransmitted CONs (the gateway has one in flight)
-_CF0 = ((coap.CONTENT_FORMAT, b""),)  # text/plain; charset=utf-8
-_PATH = b"c"
+_CONTENT_FORMAT = const(12)  # coap.CONTENT_FORMAT, folded here (no module-level name)
 
 
 class Server:
@@ -74,30 +74,14 @@ class Server:
             pass  # lost like any datagram: the gateway retransmits, the cache answers
 
     def _answer(self, m):
-        ctx = self.ctx
-        req = None
-        if ctx is None:
-            code, opts, payload = m.code, m.options, m.payload
-        else:
-            import oscore
+        if self.ctx is not None:
+            import oscore_transport  # loaded already on an OSCORE node
 
-            try:
-                req, code, opts, payload = ctx.unprotect_request(m.code, m.options, m.payload)
-            except oscore.OscoreError as e:
-                self.refused += 1
-                self.node.log("W", "serve", "refused reason=%s code=%s" % (
-                    e.reason, coap.code_str(e.code)))
-                if e.reason == "echo":
-                    c, o, ct = ctx.protect_response(e.request, coap.UNAUTHORIZED,
-                                                    [(oscore.OPT_ECHO, e.echo)])
-                    return coap.encode(coap.ACK, c, m.mid, m.token, o, ct)
-                return coap.encode(coap.ACK, e.code, m.mid, m.token)
-        rcode, rpl = self._route(code, opts, payload)
-        ropts = _CF0 if rpl else ()
-        if req is None:
-            return coap.encode(coap.ACK, rcode, m.mid, m.token, ropts, rpl)
-        c, o, ct = ctx.protect_response(req, rcode, list(ropts), rpl)
-        return coap.encode(coap.ACK, c, m.mid, m.token, o, ct)
+            return oscore_transport.serve(self, m)
+        rcode, rpl = self._route(m.code, m.options, m.payload)
+        # a result is text/plain; charset=utf-8 (Content-Format 0)
+        return coap.encode(coap.ACK, rcode, m.mid, m.token,
+                           ((_CONTENT_FORMAT, b""),) if rpl else (), rpl)
 
     def _route(self, code, opts, payload):
         path = []
@@ -107,7 +91,7 @@ class Server:
                 path.append(bytes(val))
             elif num == coap.CONTENT_FORMAT:
                 cf = int.from_bytes(bytes(val), "big") if len(val) else 0
-        if len(path) != 1 or path[0] != _PATH:
+        if len(path) != 1 or path[0] != b"c":
             return coap.NOT_FOUND, b""
         if code != coap.POST:
             return coap.METHOD_NOT_ALLOWED, b""
@@ -130,9 +114,9 @@ def attach(node):
     tr = client.transport
     ctx = getattr(tr, "ctx", None)
     if ctx is not None:
-        import os
+        import oscore_transport
 
-        ctx._echo = bytes(os.urandom(8))  # oscore.Context's server-role Echo (security.md §2.4)
+        oscore_transport.fresh_echo(ctx)
     srv = Server(node, tr, ctx)
     client.server = srv.handle
     node.server = srv

@@ -201,12 +201,16 @@ def main(argv):
     nodes = []
     worst = 0
     n = len(cfgs)
+    import nodebuild  # nodemain.build's code, loaded once for all nodes (it drops it each time)
+
     while cfgs:
-        r = nodemain.build(cfgs.pop(0))  # its config now lives only in its Node
+        r = nodebuild.build(cfgs.pop(0))  # its config now lives only in its Node
         if isinstance(r, int):
             worst = max(worst, r)  # it logged why
         else:
             nodes.append(r)
+    del sys.modules["nodebuild"]
+    del nodebuild  # its code leaves the heap: the nodes are built
     gc.collect()
     print("I - multi nodes=%d failed=%d heap=%d free=%d" % (
         n, n - len(nodes), gc.mem_alloc(), gc.mem_free()))

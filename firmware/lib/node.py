@@ -51,7 +51,6 @@ except ImportError:  # CPython host tests
 
 
 _DEBUG = const(False)
-_PATH = ("r",)
 _DEFAULT_MAX_AGE = const(60)
 _IDLE_MS = const(1000)  # longest single sleep, so a drain deadline is noticed
 _MAX_REPORTS = const(4)  # cmd/<cid> records per reading
@@ -59,15 +58,12 @@ _SEEN = const(8)  # commands remembered, so a repeated delivery is not executed 
 # bytes of readings in one pack: the gateway's max payload (protocol.md §2); with OSCORE
 # the datagram grows by ~30 bytes, still under CoAP's 1152 (and oscore_transport's buffer)
 _PACK_BYTES = const(1024)
-EXIT_OK = const(0)
-EXIT_DRAIN = const(3)
-EXIT_RESET = const(7)  # an update is pending: start again to boot it (main.py)
-_REASONS = {coap_client.GAVE_UP: "timeout", coap_client.RESET: "reset",
-            coap_client.SEP_TIMEOUT: "separate-timeout"}
-_CMD_NAMES = ("on", "off", "dim", "schedule", "interval", "config")
-# a command's optional 4th element `exp` (unix time, gateway clock; protocol.md §5): past
-# it by the node's clock (learned from the gateway) the command is refused "err:stale"
-STALE = "err:stale"
+_EXIT_OK = const(0)
+_EXIT_DRAIN = const(3)
+_EXIT_RESET = const(7)  # an update is pending: start again to boot it (main.py)
+# Tables (the command names, the reasons of a noanswer, the request's path) are literals
+# where they are used: a module-level name is a qstr on every node's heap, never freed
+# (firmware/README.md, budgets).
 
 
 def _diag(payload):
@@ -80,7 +76,7 @@ def _diag(payload):
 
 
 class Node:
-    def __init__(self, cfg, board, app, client, seqs, outbox, timebase=None):
+    def __init__(self, cfg, board, app, client, seqs, outbox):
         self.cfg = cfg
         self.board = board
         self.app = app
@@ -88,7 +84,7 @@ class Node:
         self.seqs = seqs
         self.outbox = outbox
         self.dev = cfg["device_id"]
-        self.time = timebase or reading.TimeBase(board)
+        self.time = reading.TimeBase(board)
         self._enc = cbor.Encoder(256)  # stored form
         self._tx = cbor.Encoder(256)  # the pack on the wire
         self._clock = board.clock
@@ -185,7 +181,7 @@ class Node:
         self._pk_n = n
         self._inflight = seqs[0]
         self._tries_logged = 1
-        self.client.start(coap.POST, _PATH, coap.CF_SENML_CBOR, enc.getvalue())
+        self.client.start(coap.POST, ("r",), coap.CF_SENML_CBOR, enc.getvalue())
 
     # Pop the readings of the pack that ended (those an overflow dropped meanwhile are gone
     # already: the outbox holds seqs in order, so pop while the oldest is one of ours).
@@ -244,16 +240,19 @@ class Node:
             if now is not None:
                 now += self._late_s
             if now is None or now > c[3]:
-                # late (or no clock to tell): not executed and not remembered, so a fresh
+                # a command's optional 4th element `exp` (unix time, gateway clock;
+                # protocol.md §5): late by the node's clock (learned from the gateway), or no
+                # clock to tell: refused, not executed and not remembered, so a fresh
                 # delivery of the same command still runs
-                self.log("W", "cmd", "cid=%d name=%s result=%s exp=%d now=%s" % (
-                    cid, name, STALE, c[3], now))
-                self._report(cid, STALE)
-                return STALE
+                self.log("W", "cmd", "cid=%d name=%s result=err:stale exp=%d now=%s" % (
+                    cid, name, c[3], now))
+                self._report(cid, "err:stale")
+                return "err:stale"
+        known = name in ("on", "off", "dim", "schedule", "interval", "config")
         if name == "update":
             res = self._update(args)
-        elif name not in _CMD_NAMES or not isinstance(args, dict):
-            res = "err:unknown" if name not in _CMD_NAMES else "err:args"
+        elif not known or not isinstance(args, dict):
+            res = "err:args" if known else "err:unknown"
         elif name == "interval":
             s = args.get("s")
             if not isinstance(s, (int, float)) or not 1 <= s <= 86400:
@@ -325,8 +324,9 @@ class Node:
         pn = " n=%d" % n if n > 1 else ""
         m = c.response
         if m is None:
-            self.log("W", "noanswer", "seq=%d tries=%d why=%s%s" % (
-                seq, c.tries, _REASONS.get(c.error, "?"), pn))
+            why = {coap_client.GAVE_UP: "timeout", coap_client.RESET: "reset",
+                   coap_client.SEP_TIMEOUT: "separate-timeout"}.get(c.error, "?")
+            self.log("W", "noanswer", "seq=%d tries=%d why=%s%s" % (seq, c.tries, why, pn))
             return self.interval_ms
         cls = m.code >> 5
         cs = coap.code_str(m.code)
@@ -431,14 +431,14 @@ class Node:
                     continue
             if not sampling:
                 if not len(self.outbox) and not c.busy():
-                    self.code = EXIT_OK
+                    self.code = _EXIT_OK
                     return -1
                 if self._drain_since is None:
                     self._drain_since = now
                 elif clock.ticks_diff(now, self._drain_since) > self._drain_ms:
                     self.log("E", "drain", "left=%d timeout_s=%s" % (len(self.outbox),
                                                                     self.cfg["drain_timeout_s"]))
-                    self.code = EXIT_DRAIN
+                    self.code = _EXIT_DRAIN
                     return -1
             # how long until we must sample (or poll the app) again
             until = clock.ticks_diff(self._next_sample, now) if sampling else _IDLE_MS
@@ -455,7 +455,7 @@ class Node:
                     self._hold_since = clock.ticks_ms()
                     if self.fw_reset_due:
                         # the operator has the `ok:pending` report: boot the new image
-                        self.code = EXIT_RESET
+                        self.code = _EXIT_RESET
                         return -1
                     continue
                 if block:

@@ -1,5 +1,6 @@
 # The node config (a JSON object; the contract with `machi fleet` and the provisioning
-# tool). One table holds every key and default; load() returns a complete, checked dict or
+# tool). Tables hold every key and default (lib/linkconfig.py those of the lora, nbiot
+# and oscore sections); load() returns a complete, checked dict or
 # raises ConfigError naming the key, for the person editing the file.
 #   {"device_id": "env-0001", "type": "env"|"bin"|"light",
 #    "gateway": {"host": "127.0.0.1", "port": 5683},
@@ -28,77 +29,16 @@
 #                                         unix board the emulated radio sends to `gateway`
 #    "nbiot": {"uart": "/dev/pts/3", "apn": ""}}  CoAP through a BG95 modem on a UART
 import json
+import sys
 
 
 class ConfigError(ValueError):
     pass
 
 
-TYPES = ("env", "bin", "light")
-
-# key: (default, kind); default None = required
-_TOP = {  # type: dict
-    "device_id": (None, str),
-    "type": (None, str),
-    "gateway": (None, dict),
-    "interval_s": (2.0, float),
-    "count": (0, int),
-    "drain_timeout_s": (60.0, float),
-    "state_dir": (None, str),
-    "seed": (1, int),
-    "scenario": ({}, dict),
-    "coap": ({}, dict),
-    "outbox_slots": (64, int),
-    "seq_block": (16, int),
-    # longest back-off honoured from a 5.03 Max-Age (RFC 7252 default Max-Age is 60)
-    "max_wait_s": (60.0, float),
-    "pack_max": (8, int),
-    "store": ("flash", str),
-    "slot_size": (256, int),
-    "clock": (True, bool),
-    "status_every": (0, int),
-    "sleep": (False, bool),
-    "app": ({}, dict),
-    "board": ({}, dict),
-    "oscore": ({}, dict),
-    "transport": ("udp", str),
-    "lora": ({}, dict),
-    "nbiot": ({}, dict),
-}
-TRANSPORTS = ("udp", "lora", "nbiot")
-_LORA = {
-    "short_id": (None, int),
-    "key": (None, str),  # 32 hex digits: the device key (MIC)
-    "sf": (10, int),  # the slowest spreading factor used (longest range)
-    "freq_hz": (923200000, int),
-    "power_dbm": (13, int),
-    "confirm": (True, bool),  # wait for the gateway's ack, retry without one
-    "rx_delay_s": (1.0, float),  # the gateway's lora_udp.rx_delay_s
-    "rx_window_ms": (1000, int),
-    "budget_s": (36.0, float),  # airtime allowed per budget_window_s (1 % duty cycle)
-    "budget_window_s": (3600.0, float),
-    "loss": (0.0, float),  # emulated radio: share of frames lost on air
-    "airtime": (True, bool),  # emulated radio: sleep each frame's time on air
-}
-_NBIOT = {"uart": (None, str), "apn": ("", str), "baudrate": (115200, int)}
-_COAP = {
-    "ack_timeout_s": (2.0, float),
-    "ack_random_factor": (1.5, float),
-    "max_retransmit": (4, int),
-}
-_GATEWAY = {"host": (None, str), "port": (5683, int)}
-# master secret = the device key (registry "key"), Sender ID = short_id, 2 bytes big-endian
-_OSCORE = {"key": (None, str), "short_id": (None, int)}
-
-
-def _oscore(src):
-    o = _section(src, _OSCORE, "oscore.")
-    k = o["key"]
-    if len(k) != 32 or not all(c in "0123456789abcdefABCDEF" for c in k):
-        raise ConfigError("oscore.key: must be 32 hex digits (the 16-byte device key)")
-    if not 0 <= o["short_id"] <= 0xFFFF:
-        raise ConfigError("oscore.short_id: must be 0..65535")
-    return o
+# the "gateway" and "coap" sections are check()'s; the "lora", "nbiot" and "oscore" ones
+# lib/linkconfig.py's, loaded only for a config that has one. (Few module-level names: each
+# is a qstr, never freed.)
 
 
 def _section(src, schema, where):
@@ -127,25 +67,48 @@ def _section(src, schema, where):
     return out
 
 
-def _valid_device(d):
-    if not 1 <= len(d) <= 32:
-        return False
-    for i, c in enumerate(d):
-        if not ("a" <= c <= "z" or "0" <= c <= "9" or (c == "-" and i > 0)):
-            return False
-    return True
-
-
 def check(src):
-    c = _section(src, _TOP, "")
-    c["gateway"] = _section(c["gateway"], _GATEWAY, "gateway.")
-    c["coap"] = _section(c["coap"], _COAP, "coap.")
-    if c["oscore"]:
-        c["oscore"] = _oscore(c["oscore"])
-    if not _valid_device(c["device_id"]):
-        raise ConfigError("device_id: %r is not [a-z0-9][a-z0-9-]{0,31}" % c["device_id"])
-    if c["type"] not in TYPES:
-        raise ConfigError("type: %r is not one of %s" % (c["type"], ", ".join(TYPES)))
+    # key: (default, kind); default None = required. A literal here, not a module-level
+    # table: a module-level name is a qstr, kept after nodemain drops this module
+    c = _section(src, {
+        "device_id": (None, str),
+        "type": (None, str),
+        "gateway": (None, dict),
+        "interval_s": (2.0, float),
+        "count": (0, int),
+        "drain_timeout_s": (60.0, float),
+        "state_dir": (None, str),
+        "seed": (1, int),
+        "scenario": ({}, dict),
+        "coap": ({}, dict),
+        "outbox_slots": (64, int),
+        "seq_block": (16, int),
+        # longest back-off honoured from a 5.03 Max-Age (RFC 7252 default Max-Age is 60)
+        "max_wait_s": (60.0, float),
+        "pack_max": (8, int),
+        "store": ("flash", str),
+        "slot_size": (256, int),
+        "clock": (True, bool),
+        "status_every": (0, int),
+        "sleep": (False, bool),
+        "app": ({}, dict),
+        "board": ({}, dict),
+        "oscore": ({}, dict),
+        "transport": ("udp", str),
+        "lora": ({}, dict),
+        "nbiot": ({}, dict),
+    }, "")
+    c["gateway"] = _section(c["gateway"], {"host": (None, str), "port": (5683, int)},
+                            "gateway.")
+    c["coap"] = _section(c["coap"], {"ack_timeout_s": (2.0, float),
+                                     "ack_random_factor": (1.5, float),
+                                     "max_retransmit": (4, int)}, "coap.")
+    d = c["device_id"]
+    if not (1 <= len(d) <= 32 and all("a" <= ch <= "z" or "0" <= ch <= "9"
+                                      or (ch == "-" and i > 0) for i, ch in enumerate(d))):
+        raise ConfigError("device_id: %r is not [a-z0-9][a-z0-9-]{0,31}" % d)
+    if c["type"] not in ("env", "bin", "light"):
+        raise ConfigError("type: %r is not one of env, bin, light" % c["type"])
     if c["interval_s"] <= 0:
         raise ConfigError("interval_s: must be > 0")
     if c["count"] < 0:
@@ -171,33 +134,14 @@ def check(src):
         raise ConfigError("slot_size: must be 64..1024; outbox_slots >= 2 for the ring")
     if c["status_every"] < 0:
         raise ConfigError("status_every: must be >= 0")
-    if c["transport"] not in TRANSPORTS:
-        raise ConfigError("transport: %r is not one of %s" % (c["transport"],
-                                                             ", ".join(TRANSPORTS)))
-    if c["transport"] == "lora":
-        c["lora"] = _lora(_section(c["lora"], _LORA, "lora."))
-        if c.get("oscore"):
-            raise ConfigError("oscore: not with transport lora (its frames carry a MIC)")
-    elif c["transport"] == "nbiot":
-        c["nbiot"] = _section(c["nbiot"], _NBIOT, "nbiot.")
+    if c["transport"] not in ("udp", "lora", "nbiot"):
+        raise ConfigError("transport: %r is not one of udp, lora, nbiot" % c["transport"])
+    if c["oscore"] or c["transport"] != "udp":
+        import linkconfig
+
+        linkconfig.check(c)
+        del sys.modules["linkconfig"]  # its code, not needed again (nodemain drops ours)
     return c
-
-
-def _lora(lo):
-    if not 0 <= lo["short_id"] <= 0xFFFF:
-        raise ConfigError("lora.short_id: must be 0..65535")
-    k = lo["key"]
-    if len(k) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in k):
-        raise ConfigError("lora.key: must be 32 hex digits")
-    if not 7 <= lo["sf"] <= 12:
-        raise ConfigError("lora.sf: must be 7..12")
-    if lo["rx_delay_s"] <= 0 or lo["rx_window_ms"] <= 0:
-        raise ConfigError("lora.rx_delay_s, lora.rx_window_ms: must be > 0")
-    if lo["budget_s"] <= 0 or lo["budget_window_s"] <= 0:
-        raise ConfigError("lora.budget_s, lora.budget_window_s: must be > 0")
-    if not 0 <= lo["loss"] <= 1:
-        raise ConfigError("lora.loss: must be 0..1")
-    return lo
 
 
 def load(path):

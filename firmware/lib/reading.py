@@ -23,7 +23,7 @@ except ImportError:  # CPython host tests
         return x
 
 
-PREFIX = const(12)
+_PREFIX = const(12)
 # SenML labels (RFC 8428 §6, as lib/senml.py has them): constants compiled into the code,
 # so the node does not load senml.py (its code and names would take heap for six numbers)
 _N = const(0)
@@ -91,13 +91,13 @@ def append(enc, device_id, seq, bt, data):
     if bt is not None:
         enc.int(_BT)
         enc.int(bt)
-    enc.raw(data[PREFIX:])
+    enc.raw(data[_PREFIX:])
 
 
 # At most the bytes a stored reading takes in a pack: its measurements as stored, plus the
 # seq record (map, "seq", a u64 seq, the bn head, "<device>:", a u32 bt: 27 + the id).
 def size(device_id, data):
-    return len(data) - PREFIX + 27 + len(device_id)
+    return len(data) - _PREFIX + 27 + len(device_id)
 
 
 # The node's idea of the time: the board's clock if it has a set one, else learned from the

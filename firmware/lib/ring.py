@@ -43,7 +43,7 @@ _LIVE = const(0xA5)
 _MAGIC = const(0x4D)
 _HDR = const(16)
 _CRC = const(4)
-_FMT = "<BBHQI"
+# the record header "<BBHQI": a literal where used (a module-level name is a qstr)
 
 
 class RingError(Exception):
@@ -94,7 +94,7 @@ class FlashRing:
         if n is None or n < _HDR + _CRC:
             return None
         b = self._buf
-        st, magic, k, seq, drops = struct.unpack_from(_FMT, b, 0)
+        st, magic, k, seq, drops = struct.unpack_from("<BBHQI", b, 0)
         if magic != _MAGIC or _HDR + k + _CRC > n:
             return None
         if crc32(self._mv[1 : _HDR + k]) & 0xFFFFFFFF != struct.unpack_from("<I", b, _HDR + k)[0]:
@@ -162,11 +162,11 @@ class FlashRing:
         self._pk = -1
         if self._live(i):
             # full: the oldest is in the slot we are about to write
-            self.dropped_seq = struct.unpack_from(_FMT, self._buf, 0)[3]
+            self.dropped_seq = struct.unpack_from("<BBHQI", self._buf, 0)[3]
             dropped = 1
         b = self._buf
         drops = self.dropped + dropped
-        struct.pack_into(_FMT, b, 0, 0, _MAGIC, k, seq, drops)
+        struct.pack_into("<BBHQI", b, 0, 0, _MAGIC, k, seq, drops)
         self._mv[_HDR : _HDR + k] = data
         struct.pack_into("<I", b, _HDR + k, crc32(self._mv[1 : _HDR + k]) & 0xFFFFFFFF)
         off = i * self._size

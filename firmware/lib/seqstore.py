@@ -31,8 +31,8 @@ except ImportError:  # CPython host tests
 
 _DEBUG = const(False)
 _MAX_SEQ = const(0x7FFFFFFFFFFFFFFF)  # seq < 2**63
-PRIMARY = "seq"
-BACKUP = "seq.bak"
+# the two copies: files "seq" and "seq.bak" in the store's directory (literals where used:
+# a module-level name is a qstr on the node's heap, firmware/README.md, budgets)
 
 
 class SeqStoreError(Exception):
@@ -101,8 +101,8 @@ def _replace(path, data, fs):
 # Operator repair after SeqStoreError: set the mark by hand (both copies).
 def write_mark(dirpath, mark, fs=os):
     data = _format(mark)
-    _replace(_join(dirpath, PRIMARY), data, fs)
-    _replace(_join(dirpath, BACKUP), data, fs)
+    _replace(_join(dirpath, "seq"), data, fs)
+    _replace(_join(dirpath, "seq.bak"), data, fs)
 
 
 class SeqStore:
@@ -114,8 +114,8 @@ class SeqStore:
         self._block = block
         self._fs = fs
         self.writes = 0  # flash writes of the mark (wear)
-        p_present, p = _read(_join(dirpath, PRIMARY), fs)
-        b_present, b = _read(_join(dirpath, BACKUP), fs)
+        p_present, p = _read(_join(dirpath, "seq"), fs)
+        b_present, b = _read(_join(dirpath, "seq.bak"), fs)
         if p is None and b is None:
             if p_present or b_present:
                 raise SeqStoreError(

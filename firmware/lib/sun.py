@@ -5,8 +5,6 @@
 # from Unix days with integer arithmetic (no gmtime: the ESP32 port's epoch is 2000).
 import math
 
-_ZENITH = math.radians(90.833)
-
 
 def civil(days):
     # (year, month, day) of a Unix day number (H. Hinnant's civil_from_days)
@@ -32,45 +30,33 @@ def day_of_year(days):
     return before + d + (1 if m > 2 and _leap(y) else 0), y
 
 
-def _solar(doy, year_days, minutes):
-    # (equation of time in minutes, declination in radians) at `minutes` UTC of day doy
-    g = 2 * math.pi / year_days * (doy - 1 + (minutes / 60.0 - 12) / 24)
+# (sunrise, sunset) of a Unix day as Unix seconds; None for polar night, (-1, -1) for
+# midnight sun. Either may fall on the neighbouring UTC day (east of Greenwich sunrise is
+# before 00:00 UTC). One function, few names: each module-level name and argument name is a
+# qstr on the light's heap (firmware/README.md, budgets).
+def rise_set(days, lat, lon):
+    doy, y = day_of_year(days)
+    # the equation of time (minutes) and the sun's declination (radians) at 12:00 UTC of
+    # the day, for both events (NOAA's simplification; against astral's full algorithm it
+    # is within 2 minutes at Shiojiri over two years: tests/test_sun_reference.py)
+    g = 2 * math.pi / (366 if _leap(y) else 365) * (doy - 1)  # the fractional year
     eqt = 229.18 * (0.000075 + 0.001868 * math.cos(g) - 0.032077 * math.sin(g)
                     - 0.014615 * math.cos(2 * g) - 0.040849 * math.sin(2 * g))
     decl = (0.006918 - 0.399912 * math.cos(g) + 0.070257 * math.sin(g)
             - 0.006758 * math.cos(2 * g) + 0.000907 * math.sin(2 * g)
             - 0.002697 * math.cos(3 * g) + 0.00148 * math.sin(3 * g))
-    return eqt, decl
-
-
-def _event(doy, year_days, lat, lon, sign):
-    # minutes UTC of sunrise (sign 1) or sunset (-1); None polar night, -1e9 midnight sun.
-    # The sun's declination and the equation of time are taken at 12:00 UTC of the day
-    # (NOAA's simplification; against astral's full algorithm it is within 2 minutes at
-    # Shiojiri over two years: tests/test_sun_reference.py)
-    eqt, decl = _solar(doy, year_days, 720)
+    # the hour angle of the zenith 90.833 deg
     phi = math.radians(lat)
-    x = math.cos(_ZENITH) / (math.cos(phi) * math.cos(decl)) - math.tan(phi) * math.tan(decl)
+    x = math.cos(math.radians(90.833)) / (math.cos(phi) * math.cos(decl)) \
+        - math.tan(phi) * math.tan(decl)
     if x > 1:
-        return None
+        return None  # polar night
     if x < -1:
-        return -1e9
+        return -1, -1  # midnight sun
     ha = math.degrees(math.acos(x))
-    return 720 - 4 * (lon + sign * ha) - eqt
-
-
-# (sunrise, sunset) of a Unix day as Unix seconds; None for polar night, (-1, -1) for
-# midnight sun. Either may fall on the neighbouring UTC day (east of Greenwich sunrise is
-# before 00:00 UTC).
-def rise_set(days, lat, lon):
-    doy, y = day_of_year(days)
-    yd = 366 if _leap(y) else 365
-    r = _event(doy, yd, lat, lon, 1)
-    s = _event(doy, yd, lat, lon, -1)
-    if r is None or s is None:
-        return None
-    if r == -1e9 or s == -1e9:
-        return -1, -1
+    # minutes UTC of sunrise and sunset
+    r = 720 - 4 * (lon + ha) - eqt
+    s = 720 - 4 * (lon - ha) - eqt
     base = days * 86400
     return base + int(r * 60), base + int(s * 60)
 

@@ -140,7 +140,8 @@ def test_runtime_files_compile_for_the_esp32(micropython: str, tmp_path: Path) -
     # the ESP32 (Xtensa LX6, "xtensawin") build of every file this part owns
     mpy_cross = str(Path(micropython).parent / "mpy-cross")
     names = ["lib/node.py", "lib/nodemain.py", "lib/ring.py", "lib/reading.py", "lib/sun.py",
-             "lib/nodeconfig.py", "lib/outbox.py", "lib/seqstore.py", "lib/coap_client.py",
+             "lib/nodeconfig.py", "lib/nodebuild.py", "lib/linkconfig.py", "lib/outbox.py",
+             "lib/seqstore.py", "lib/coap_client.py",
              "boards/esp32.py", "boards/bootstate.py", "boards/unix.py", "boards/scenario.py",
              "apps/env_sensor.py", "apps/waste_bin.py", "apps/streetlight.py", "main.py"]
     for name in names:
