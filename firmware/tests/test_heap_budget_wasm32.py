@@ -48,6 +48,8 @@ from typing import Any
 
 import pytest
 
+from .test_heap_budget import build_mpy as build_firmware_mpy
+
 FIRMWARE = Path(__file__).resolve().parents[1]
 REPO = FIRMWARE.parent
 WASM = Path(__file__).parent / "wasm"
@@ -74,13 +76,7 @@ BIG_K = 256
 
 def build_mpy(out: Path, mpy_cross: str) -> Path:
     """The firmware as test_heap_budget.py builds it, plus the harness in out/wasm."""
-    for src in FIRMWARE.rglob("*.py"):
-        rel = src.relative_to(FIRMWARE)
-        if rel.parts[0] in ("tests", "drivers") or rel.name == "main.py":
-            continue
-        dst = (out / rel).with_suffix(".mpy")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([mpy_cross, "-o", str(dst), str(src)], check=True)
+    build_firmware_mpy(out, mpy_cross)
     (out / "wasm").mkdir()
     for src in WASM.glob("*.py"):
         subprocess.run([mpy_cross, "-o", str(out / "wasm" / (src.stem + ".mpy")), str(src)],

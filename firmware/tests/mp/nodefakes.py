@@ -153,6 +153,20 @@ def make_node(answer, app_mod, count=3, store=None, interval_s=1.0, board=None, 
     return node, gw, board
 
 
+def lora_node(board, radio, app_mod, typ, dev, count, short_id, key, radio_cfg):
+    # node.py on transports/lora_client.py over `radio` (a fake that acks or not)
+    from transports import lora, lora_client
+    import lorawire
+    up = lora.LoraUplink(radio, lorawire.FrameEncoder(typ, short_id, key), radio_cfg)
+    client = lora_client.Client(up, short_id, key, board.clock, Rng(), ack_timeout_ms=500)
+    cfg = nodeconfig.check({"device_id": dev, "type": typ,
+                            "gateway": {"host": "127.0.0.1", "port": 1680},
+                            "state_dir": "/tmp", "interval_s": 2, "count": count,
+                            "transport": "lora",
+                            "lora": {"short_id": short_id, "key": key.hex()}})
+    return Node(cfg, board, app_mod.App(board, {}), client, Seqs(), Outbox(8, 256))
+
+
 def events(lines, ev):
     return [ln for ln in lines if ln.split()[2] == ev]
 

@@ -241,24 +241,13 @@ class AckingRadio(Radio):
 
 
 def test_node_loop_delivers_every_reading_once_acked():
-    import nodeconfig
-    from node import Node
-    from outbox import Outbox
+    import apps.env_sensor as env
+    from nodefakes import lora_node
 
     board = FakeBoard()
-    clock = board.clock
-    r = AckingRadio(clock)
-    up = lora.LoraUplink(r, lorawire.FrameEncoder("env", SID, KEY), CFG)
-    c = lora_client.Client(up, SID, KEY, clock, Rng(), ack_timeout_ms=500)
-    cfg = nodeconfig.check({"device_id": "env-0001", "type": "env",
-                            "gateway": {"host": "127.0.0.1", "port": 1680},
-                            "state_dir": "/tmp", "interval_s": 2, "count": 6,
-                            "transport": "lora",
-                            "lora": {"short_id": SID, "key": "000102030405060708090a0b0c0d0e0f"}})
-    import apps.env_sensor as env
-    from nodefakes import Seqs
-
-    node = Node(cfg, board, env.App(board, {}), c, Seqs(), Outbox(8, 256))
+    r = AckingRadio(board.clock)
+    node = lora_node(board, r, env, "env", "env-0001", 6, SID, KEY, CFG)
+    c = node.client
     eq(node.run(), 0)
     acked = [ln for ln in board.lines if " ack " in ln]
     eq(len(acked), 6)

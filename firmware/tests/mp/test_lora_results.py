@@ -7,8 +7,8 @@ import cbor
 import lorawire
 import mptest
 from mptest import eq
-from nodefakes import Clock, FakeBoard, Rng, Seqs
-from transports import lora, lora_client
+from nodefakes import Clock, FakeBoard, lora_node
+from transports import lora_client
 
 KEY = bytes(range(16))
 SID = 0xBEEF
@@ -77,21 +77,10 @@ def _values(frame):
 
 def test_commands_in_an_ack_are_reported_in_the_next_frame():
     import apps.streetlight as light
-    import nodeconfig
-    from node import Node
-    from outbox import Outbox
 
     board = FakeBoard(clock=Clock())
-    clock = board.clock
-    r = GatewayRadio(clock, [[3, "dim", {"level": 37}], [200, "dim", {"level": 500}]])
-    up = lora.LoraUplink(r, lorawire.FrameEncoder("light", SID, KEY), CFG)
-    c = lora_client.Client(up, SID, KEY, clock, Rng(), ack_timeout_ms=500)
-    cfg = nodeconfig.check({"device_id": "light-0003", "type": "light",
-                            "gateway": {"host": "127.0.0.1", "port": 1680},
-                            "state_dir": "/tmp", "interval_s": 2, "count": 3,
-                            "transport": "lora",
-                            "lora": {"short_id": SID, "key": "000102030405060708090a0b0c0d0e0f"}})
-    node = Node(cfg, board, light.App(board, {}), c, Seqs(), Outbox(8, 256))
+    r = GatewayRadio(board.clock, [[3, "dim", {"level": 37}], [200, "dim", {"level": 500}]])
+    node = lora_node(board, r, light, "light", "light-0003", 3, SID, KEY, CFG)
     eq(node.run(), 0)
     eq(len(r.frames) >= 3, True)
     first = _values(r.frames[0])
