@@ -148,14 +148,17 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def process_resources(pid: int) -> dict[str, float]:
-    """Peak resident memory (MiB) and CPU time (s) of a live process, from /proc."""
+    """Peak resident memory (MiB) and CPU time (s) of a live process, from /proc; empty
+    once it has exited (a zombie's status has no memory lines: no figure, not an error)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return {}
-    hwm_kib = next(int(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmHWM:"))
+    hwm_kib = next((int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("VmHWM:")), None)
+    if hwm_kib is None:
+        return {}
     ticks = os.sysconf("SC_CLK_TCK")
     cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
     return {"peak_rss_mib": round(hwm_kib / 1024, 1), "cpu_s": round(cpu_s, 2)}
