@@ -10,14 +10,18 @@
 # after the uplink ended:
 #   0x80 | short id u16 BE | seq varint (the acked reading) | body | MIC 4
 # body = the CoAP 2.04 payload (CBOR {1: time, 2: commands}), so the node learns the time
-# and gets its commands as over CoAP. No ack in the window: the frame goes out again after
-# a random exponential back-off (ack_timeout_ms * [1, factor) * 2^(try-1)), at most
-# max_retransmit times, each within the airtime budget (a transmission the budget does not
-# allow waits). The gateway's dedup drops the repeats, so the reading is stored once.
+# and gets its commands as over CoAP; or, where that breaks the dwell limit, the commands
+# compact under key 3 ([cid, op, arg?, exp], op an index into lora_compact.COMMANDS; the
+# time may be left out), which expand() turns back into that payload, so node.py stays as
+# it is.
+# No ack in the window: the frame goes out again after a random exponential back-off
+# (ack_timeout_ms * [1, factor) * 2^(try-1)), at most max_retransmit times, each within
+# the airtime budget (a transmission the budget does not allow waits). The gateway's dedup
+# drops the repeats, so the reading is stored once.
 # Unconfirmed (confirm=False): a frame that went out counts as delivered.
 #
 # Outcomes, as node.py reads them (response.code):
-#   2.04 acked (or sent, unconfirmed)   payload = the ack body
+#   2.04 acked (or sent, unconfirmed)   payload = the ack body, expanded
 #   4.13 the frame does not fit one transmission (dwell limit) or the budget at all: a
 #        retry would get the same answer, so the node drops the reading and counts it
 #   None with error GAVE_UP: no ack after all tries; the reading stays in the outbox
@@ -217,7 +221,7 @@ class Client:
             self.stray += 1
             return False
         self.acked += 1
-        self._finish(coap.CHANGED, bytes(payload))
+        self._finish(coap.CHANGED, expand(bytes(payload)))
         return True
 
 
@@ -246,6 +250,16 @@ def check_ack(cmac, short_id, buf):
             return seq, buf[p:end]
         shift += 7
     return None
+
+
+# An ack body -> the 2.04 payload node.py reads. The usual time-only body passes as it is;
+# one with commands goes through lora_compact (loaded then: most nodes never need it).
+def expand(body):
+    if len(body) < 2 or (body[0] == 0xA1 and body[1] == 1):
+        return body  # nothing, or the usual {1: time}: no decoding
+    from transports import lora_compact
+
+    return lora_compact.expand(body)
 
 
 # The SenML-CBOR pack of node.py -> (seq, bt or None, [(name, unit, value), ...])

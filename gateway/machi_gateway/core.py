@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from .downlink.queue import CommandQueue
 from .errors import ResponseError, UnknownDevice
-from .ingress.base import Accepted, Receipt, WireCommand
+from .ingress.base import Accepted, Fits, Receipt, WireCommand
 from .model import Reading
 from .registry import Registry
 from .stats import IngressStats
@@ -64,7 +64,7 @@ class Core:
         it must not block: hand the reading to a queue)."""
         self._listeners.append(listener)
 
-    async def accept(self, reading: Reading, room: int | None = None) -> Receipt:
+    async def accept(self, reading: Reading, fits: Fits | None = None) -> Receipt:
         try:
             if reading.device not in self.registry:
                 dev = self.registry.get(reading.device)
@@ -81,7 +81,7 @@ class Core:
         if self.commands is not None:
             # Committed before the ACK too: a result the node saw acknowledged is kept.
             commands = await self.commands.on_reading(reading.device, reading.seq, results,
-                                                      room)
+                                                      fits)
         self.stats.seen(reading.device, reading.received, reading.transport)
         if outcome == "new":
             self.stats.readings_in += 1

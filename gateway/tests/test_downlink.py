@@ -87,8 +87,10 @@ async def test_command_life_cycle_through_acks(
                       created=now, expires=now + 3600)
     control_cloud.add(id="c-2", device="env-0001", name="on", args={}, created=now + 1,
                       expires=now + 3600)
+    # c-3 expires soon, but not before the first poll (a 503, then a retry) has queued it:
+    # with 0.5 s a loaded machine could expire it before open_commands was seen at 3
     control_cloud.add(id="c-3", device="env-0003", name="interval", args={"s": 60},
-                      created=now, expires=now + 0.5)
+                      created=now, expires=now + 2)
     control_cloud.add(id="c-bad", device="env-0001", name="explode", args={},
                       created=now, expires=now + 3600)
     await until(lambda: commands.open_commands == 3)

@@ -8,6 +8,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiocoap
 import pytest
@@ -28,7 +29,7 @@ class NoSink:
     def __init__(self) -> None:
         self.rejects: list[str] = []
 
-    async def accept(self, reading: Reading, room: int | None = None) -> object:
+    async def accept(self, reading: Reading, fits: Any = None) -> object:
         raise AssertionError("no reading expected")
 
     def rejected(self, transport: str, reason: str) -> None:

@@ -379,7 +379,7 @@ class CountingSink:
     reasons: list[str] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
 
-    async def accept(self, reading: Reading, room: int | None = None) -> Receipt:
+    async def accept(self, reading: Reading, fits: Any = None) -> Receipt:
         self.readings.append(reading)
         return Receipt(outcome="new", time=int(RECEIVED), commands=())
 

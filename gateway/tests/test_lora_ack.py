@@ -1,7 +1,9 @@
 """Confirmed LoRa delivery (docs/protocol-lora.md §8): the ack frame's codec, and the Semtech
 ingress with ``confirm=True`` answering every durable frame with a MIC'd ack in the node's
 RX window; a replayed frame is acked again but stored once; a bad MIC is counted, dropped
-and never acked; commands ride in the ack unless they would break the dwell limit."""
+and never acked; commands ride in the ack unless they would break the dwell limit, in
+their compact form (key 3) where the 2.04 payload would break it, so an SF10 ack carries
+the streetlight's common commands; the ack vectors of tests/vectors/lora-frames.json."""
 
 from __future__ import annotations
 
@@ -10,20 +12,26 @@ import base64
 import json
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import cbor2
 import pytest
 
-from machi_gateway.downlink.queue import CloudCommand
+from machi_gateway.downlink.queue import CloudCommand, CommandQueue
 from machi_gateway.ingress.semtech import SemtechIngress, parse_datagram
+from machi_gateway.lora import commands as compact
 from machi_gateway.lora.frame import ACK_TYPE, decode, decode_ack, encode, encode_ack
 from machi_gateway.lora.profiles import table
 
 KEY = bytes(16)  # the conftest registry's key for every device
 OTHER = bytes(range(16))
 EUI = bytes.fromhex("aa555a0000000001")
+REPO = Path(__file__).resolve().parents[2]
+VECTORS = json.loads((REPO / "tests" / "vectors" / "lora-frames.json").read_text())
+DWELL = {"SF10": 24, "SF9": 66}
 
 
 def test_ack_layout_and_vector() -> None:
@@ -34,6 +42,81 @@ def test_ack_layout_and_vector() -> None:
     frame = encode_ack(0xBEEF, 2**40, KEY, b"xyz")
     assert frame[0] == ACK_TYPE and frame[1:3] == b"\xbe\xef"
     assert decode_ack(frame, KEY) == (0xBEEF, 2**40, b"xyz")
+
+
+@pytest.mark.parametrize("vec", VECTORS["acks"], ids=[v["name"] for v in VECTORS["acks"]])
+def test_ack_vectors_are_what_the_gateway_sends(vec: dict[str, Any]) -> None:
+    # the body the ingress picks (the first of compact.bodies that fits the dwell limit)
+    dev = next(d for d in VECTORS["devices"] if d["id"] == vec["device"])
+    key, sid = bytes.fromhex(dev["key"]), dev["short_id"]
+    cmds = [(c[0], c[1], c[2], c[3]) for c in vec["commands"]]
+    sent = next(f for b in compact.bodies(1795390000, cmds)
+                if len(f := encode_ack(sid, vec["seq"], key, b)) <= DWELL[vec["sf"]])
+    assert sent.hex() == vec["hex"] and len(sent) == vec["bytes"]
+    # and what it means: the time (if the ack has room for it) and the CoAP commands
+    doc = cbor2.loads(decode_ack(sent, key)[2])
+    assert doc.get(1) == vec["time"]
+    items = doc.get(2) or [compact.expand(i) for i in doc.get(3, [])]
+    assert items == vec["commands"]
+    if vec["sf"] == "SF10" and cmds:  # the compact form, the queue's count exact
+        assert 3 in doc and 1 not in doc
+        assert compact.extra(cmds) == len(sent) - len(encode_ack(sid, vec["seq"], key,
+                                                                  cbor2.dumps({1: 0xFFFFFFFF})))
+
+
+def test_sf10_fits_the_common_streetlight_commands() -> None:
+    # 2-byte seq (up to 16383) and 3-byte (up to 2,097,151), any cid 0..255, any level
+    for seq in (5002, 2_000_000):
+        for cid in (0, 23, 24, 255):
+            for name, args in (("on", {}), ("off", {}), ("dim", {"level": 0}),
+                               ("dim", {"level": 100}), ("schedule", {"mode": "auto"}),
+                               ("schedule", {"mode": "off"})):
+                body = compact.bodies(1795390000, [(cid, name, args, 1795390120)])[-1]
+                assert len(encode_ack(0xBEEF, seq, KEY, body)) <= 24, (seq, cid, name, args)
+
+
+@pytest.mark.parametrize("name,args", [
+    ("dim", {"level": 37.5}), ("dim", {"level": True}), ("dim", {"level": -1}),
+    ("dim", {"level": 1, "fade": 2}), ("dim", {"p": 4}), ("schedule", {"mode": "dusk"}),
+    ("on", {"x": 1}), ("config", {"tick_s": 5}), ("update", {"v": 3}),
+    ("interval", {"s": 2**32})])
+def test_args_the_table_cannot_express_keep_the_coap_form(name: str,
+                                                          args: dict[str, Any]) -> None:
+    assert compact.compact((4, name, args, 99)) == [4, name, args, 99]
+
+
+def test_compact_round_trips_and_the_table_is_one_cbor_byte() -> None:
+    for cmd in ((1, "on", {}, 9), (2, "off", {}, 9), (3, "dim", {"level": 37}, 9),
+                (4, "schedule", {"mode": "on"}, 9), (5, "interval", {"s": 86400}, 9)):
+        item = compact.compact(cmd)
+        assert isinstance(item[1], int) and compact.expand(item) == list(cmd)
+    assert [o.name for o in compact.ops()][:4] == ["on", "off", "dim", "schedule"]
+
+
+async def test_the_queue_counts_what_the_ack_can_carry(tmp_path: Path) -> None:
+    # for every room: what the queue lets through fits (compact.extra), the next would not
+    # and stays queued; so the ingress never cuts a command out of an ack
+    plan: list[tuple[str, dict[str, Any]]] = [
+        ("dim", {"level": 37}), ("config", {"tick_s": 5}), ("on", {}),
+        ("schedule", {"mode": "auto"})]
+    cmds = [CloudCommand(id=f"c{i}", device="light-0001", name=n, args=a)
+            for i, (n, a) in enumerate(plan)]
+    seen = set()
+    for room in range(0, 60, 3):
+        async with CommandQueue(tmp_path / f"q{room}.db", per_ack=4) as q:
+            await q.add(cmds)
+            out = await q.on_reading("light-0001", 1, {},
+                                    lambda c, r=room: compact.extra(c) <= r)
+            assert compact.extra(out) <= room
+            if len(out) < len(cmds):
+                nxt = await q.open_for("light-0001", 0)
+                wire = (nxt[len(out)][1], nxt[len(out)][2], nxt[len(out)][3],
+                        int(time.time()) + 120)
+                assert compact.extra([*out, wire]) > room
+                assert await q.state_of(f"c{len(out)}") == "queued"
+            assert [await q.state_of(c.id) for c in cmds[:len(out)]] == ["sent"] * len(out)
+            seen.add(len(out))
+    assert seen == {0, 1, 2, 3, 4}  # the rooms cover none, some and all of them
 
 
 @pytest.mark.parametrize("bad", ["mic", "type", "short"])
@@ -144,14 +227,16 @@ async def test_commands_ride_in_the_ack_unless_too_long_for_the_dwell_limit(
 ) -> None:
     f, ingress = fwd
     sid = lora.short_ids["env-0003"]
-    await parts.commands.add([CloudCommand(id="c-1", device="env-0003", name="on", args={})])
+    await parts.commands.add([CloudCommand(id="c-1", device="env-0003", name="config",
+                                           args={"tick_s": 5})])
     await f.push(30, _frame(sid, 5), datr="SF7BW125")
     _, payload = await f.ack()
-    [cmd] = cbor2.loads(decode_ack(payload, KEY)[2])[2]
-    assert cmd[:3] == [0, "on", {}]
+    [cmd] = cbor2.loads(decode_ack(payload, KEY)[2])[2]  # room: the 2.04 payload as is
+    assert cmd[:3] == [0, "config", {"tick_s": 5}]
     await f.push(31, _frame(sid, 6), datr="SF10BW125")  # 24 bytes at most: time only
     _, payload = await f.ack()
-    assert len(payload) <= 24 and 2 not in cbor2.loads(decode_ack(payload, KEY)[2])
+    doc = cbor2.loads(decode_ack(payload, KEY)[2])
+    assert len(payload) <= 24 and 2 not in doc and 3 not in doc and 1 in doc
     # the queue left it out (it knew the room), so nothing had to be cut from an ack
     assert ingress.counters["ack_trimmed"] == 0
 
@@ -175,3 +260,29 @@ async def test_a_command_that_does_not_fit_the_ack_stays_queued_until_one_has_ro
     [cmd] = cbor2.loads(decode_ack(payload, KEY)[2])[2]
     assert cmd[:3] == [0, "dim", {"p": 40}]
     assert await parts.commands.state_of("c-9") == "sent"
+
+
+async def test_at_sf10_dim_goes_in_the_ack_compact_and_is_sent(
+    parts: Any, fwd: tuple[Forwarder, SemtechIngress], lora: Any
+) -> None:
+    # issue #4: the CoAP form of dim {"level": 37} makes a 38-byte ack; compact it is 22
+    f, ingress = fwd
+    sid = lora.short_ids["env-0001"]
+    await parts.commands.add([CloudCommand(id="c-7", device="env-0001", name="dim",
+                                           args={"level": 37}),
+                              CloudCommand(id="c-8", device="env-0001", name="on", args={})])
+    await f.push(50, _frame(sid, 1), datr="SF10BW125")
+    tx, payload = await f.ack()
+    assert tx["datr"] == "SF10BW125" and len(payload) <= 24
+    doc = cbor2.loads(decode_ack(payload, KEY)[2])
+    assert 1 not in doc and 2 not in doc  # no room for the time: the node keeps its clock
+    [item] = doc[3]  # one command per SF10 ack: "on" waits, queued, for the next
+    assert item[:3] == [0, 2, 37] and compact.expand(item)[:3] == [0, "dim", {"level": 37}]
+    assert item[3] >= parts.core._clock() + 100  # exp: absolute, about 120 s ahead
+    assert await parts.commands.state_of("c-7") == "sent"
+    assert await parts.commands.state_of("c-8") == "queued"
+    assert ingress.counters["ack_trimmed"] == 0
+    await f.push(51, _frame(sid, 2), datr="SF10BW125")  # the next ack: dim again, on waits
+    _, payload = await f.ack()
+    assert [i[:2] for i in cbor2.loads(decode_ack(payload, KEY)[2])[3]] == [[0, 2]]
+    assert await parts.commands.state_of("c-8") == "queued"

@@ -146,6 +146,54 @@ def raw(device: str, body: bytes, *, key: str | None = None) -> str:
     return (body + cmac(k, body)[:4]).hex()
 
 
+COMMANDS = TABLE["commands"]  # compact commands in an ack: op = the index here
+ACK_T = 1795390000  # the gateway time of every ack vector
+DWELL = {"SF10": 24, "SF9": 66}
+
+
+def item(cid: int, name: str, args: dict[str, Any], exp: int) -> list[Any]:
+    """One key-3 item: [cid, op, arg?, exp] when the table has the command with exactly
+    its argument (a uint, or one of the op's values), else the CoAP form."""
+    for op, c in enumerate(COMMANDS):
+        if c["name"] != name:
+            continue
+        if "arg" not in c and not args:
+            return [cid, op, exp]
+        if "arg" in c and list(args) == [c["arg"]]:
+            v = args[c["arg"]]
+            if "values" in c and v in c["values"]:
+                return [cid, op, c["values"].index(v), exp]
+            if "values" not in c and type(v) is int and 0 <= v < 2**32:
+                return [cid, op, v, exp]
+    return [cid, name, args, exp]
+
+
+def ack(name: str, device: str, seq: int, sf: str, commands: list[list[Any]]) -> dict[str, Any]:
+    """An ack (protocol-lora.md §8) with the body the gateway picks at ``sf``: the 2.04
+    payload, else the commands compact with the time, else compact without it."""
+    d = next(x for x in DEVICES if x["id"] == device)
+    head = bytes([0x80]) + d["short_id"].to_bytes(2, "big") + varint(seq)
+    tries: list[dict[int, Any]] = [{1: ACK_T, 2: commands}] if commands else [{1: ACK_T}]
+    if commands:
+        items = [item(*c) for c in commands]
+        tries += [{1: ACK_T, 3: items}, {3: items}]
+    for doc in tries:
+        body = cbor2.dumps(doc)
+        if len(head) + len(body) + 4 <= DWELL[sf]:
+            break
+    else:
+        raise AssertionError(f"{name}: no body fits {sf}")
+    key = bytes.fromhex(d["key"])
+    out = head + body
+    out += cmac(key, out)[:4]
+    payload: dict[str, Any] = {"2": commands} if commands else {}
+    if 1 in doc:
+        payload["1"] = ACK_T
+    return {"name": name, "device": device, "seq": seq, "sf": sf, "commands": commands,
+            "time": ACK_T if 1 in doc else None, "body": body.hex(), "hex": out.hex(),
+            "bytes": len(out), "payload": payload}
+
+
 def main() -> None:
     env_typ = [["temp", "Cel", 21.25], ["hum", "%RH", 55.25], ["pres", "Pa", 93012],
                ["pm25", "ug/m3", 12], ["pm10", "ug/m3", 31], ["lux", "lx", 812],
@@ -284,6 +332,28 @@ def main() -> None:
     ]
     for v in invalid:
         v.setdefault("error", "BadReading")
+    exp = ACK_T + 120
+    acks = [
+        ack("ack-time", "light-0003", 5002, "SF10", []),
+        ack("ack-sf10-on", "light-0003", 5002, "SF10", [[3, "on", {}, exp]]),
+        ack("ack-sf10-off-cid-200", "light-0003", 5002, "SF10", [[200, "off", {}, exp]]),
+        ack("ack-sf10-dim-37-cid-200", "light-0003", 5002, "SF10",
+            [[200, "dim", {"level": 37}, exp]]),
+        ack("ack-sf10-dim-100-seq-3-bytes", "light-0003", 20000, "SF10",
+            [[255, "dim", {"level": 100}, exp]]),
+        ack("ack-sf10-schedule-auto", "light-0003", 5002, "SF10",
+            [[24, "schedule", {"mode": "auto"}, exp]]),
+        ack("ack-sf10-interval-300", "light-0003", 5002, "SF10",
+            [[3, "interval", {"s": 300}, exp]]),
+        ack("ack-sf9-two-commands", "light-0003", 5002, "SF9",
+            [[7, "dim", {"level": 40}, exp], [8, "schedule", {"mode": "off"}, exp]]),
+        ack("ack-sf9-compact-and-full", "light-0003", 5002, "SF9",
+            [[9, "dim", {"level": 5}, exp], [10, "config", {"tick_s": 5}, exp],
+             [11, "on", {}, exp], [12, "off", {}, exp]]),
+        ack("ack-sf9-four-no-time", "light-0003", 5002, "SF9",
+            [[9, "dim", {"level": 5}, exp], [10, "config", {"tick_s": 5}, exp],
+             [11, "schedule", {"mode": "auto"}, exp], [12, "off", {}, exp]]),
+    ]
     key = "2b7e151628aed2a6abf7158809cf4f3c"
     msg = ("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
            "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710")
@@ -297,10 +367,11 @@ def main() -> None:
     assert [e["mac"] for e in rfc["examples"]] == expected, "RFC 4493 §4 disagrees"
     doc = {"about": "LoRa compact frames (docs/protocol-lora.md). Made by "
                     "make_lora_vectors.py with cbor2 + cryptography, apart from both codecs.",
-           "devices": DEVICES, "cmac_rfc4493": rfc, "frames": frames, "invalid": invalid}
+           "devices": DEVICES, "cmac_rfc4493": rfc, "frames": frames, "invalid": invalid,
+           "acks": acks}
     (HERE / "lora-frames.json").write_text(json.dumps(doc, indent=1) + "\n")
-    for f in frames:
-        print(f"{f['name']:26} {f['bytes']:3d} bytes  {f['hex']}")
+    for f in frames + acks:
+        print(f"{f['name']:28} {f['bytes']:3d} bytes  {f['hex']}")
 
 
 if __name__ == "__main__":

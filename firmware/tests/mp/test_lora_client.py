@@ -11,7 +11,7 @@ import mptest
 import reading
 from mptest import eq, unhex
 from nodefakes import T0, Clock, FakeBoard, Rng
-from transports import airtime, lora, lora_client
+from transports import airtime, lora, lora_client, lora_compact
 
 KEY = bytes(range(16))
 SID = 257
@@ -278,5 +278,111 @@ def test_config_checks_the_lora_section():
     d["transport"] = "nbiot"
     mptest.raises(nodeconfig.ConfigError, nodeconfig.check, d)  # nbiot.uart required
 
+
+# ---- compact commands in the ack (protocol-lora.md §8): key 3 -> the 2.04 payload
+
+
+def _payload(vec):
+    want = {}
+    for k in vec["payload"]:
+        want[int(k)] = vec["payload"][k]
+    return want
+
+
+def test_every_ack_vector_gives_node_py_the_coap_payload():
+    v = mptest.load_json("lora-frames.json")
+    keys = {}
+    for d in v["devices"]:
+        keys[d["id"]] = d
+    n = 0
+    for vec in v["acks"]:
+        d = keys[vec["device"]]
+        sid, key = d["short_id"], unhex(d["key"])
+        seq, body = lora_client.check_ack(lorawire.Cmac(key), sid, unhex(vec["hex"]))
+        eq(seq, vec["seq"], vec["name"])
+        eq(bytes(body), unhex(vec["body"]), vec["name"])
+        eq(cbor.loads(lora_client.expand(bytes(body))), _payload(vec), vec["name"])
+        n += 1 if vec["sf"] == "SF10" and vec["commands"] else 0
+    eq(n >= 5, True)  # on, off, dim, schedule, interval at SF10
+
+
+def test_a_compact_ack_ends_the_exchange_with_the_expanded_payload():
+    v = mptest.load_json("lora-frames.json")
+    vec = None
+    for a in v["acks"]:
+        if a["name"] == "ack-sf10-dim-37-cid-200":
+            vec = a
+    clock = Clock()
+    r = Radio(clock)
+    r.replies = [unhex(vec["hex"])]
+    key = unhex("f0e1d2c3b4a5968778695a4b3c2d1e0f")  # light-0003
+    up = lora.LoraUplink(r, lorawire.FrameEncoder("light", 0xBEEF, key), CFG, None)
+    c = lora_client.Client(up, 0xBEEF, key, clock, Rng())
+    c.start(coap.POST, ("r",), coap.CF_SENML_CBOR, _pack(5002, [("lamp", None, True)]))
+    _run(c)
+    eq(c.response.code, coap.CHANGED)
+    eq(cbor.loads(c.response.payload), {2: [[200, "dim", {"level": 37}, 1795390120]]})
+    eq(c.acked, 1)
+
+
+def test_expand_leaves_the_usual_body_and_unknown_forms_alone():
+    time_only = unhex("a1011a6b037a30")
+    eq(lora_client.expand(time_only) is time_only, True)  # no decoding on the usual path
+    eq(lora_client.expand(b""), b"")
+    eq(lora_client.expand(b"\xff\x00"), b"\xff\x00")  # not CBOR: node.py logs it
+    full = cbor.dumps({1: 5, 2: [[1, "on", {}, 9]]})
+    eq(lora_client.expand(full), full)
+    # an op this firmware does not know: its index as the name (node.py: err:unknown);
+    # an out-of-range value index passes as is (the app: err:mode)
+    got = cbor.loads(lora_client.expand(cbor.dumps({3: [[1, 99, 9], [2, 3, 7, 9]]})))
+    eq(got, {2: [[1, 99, {}, 9], [2, "schedule", {"mode": 7}, 9]]})
+
+
+def test_command_table_equals_the_gateway_table():
+    import json
+
+    path = mptest.vectors_dir() + "/../../gateway/machi_gateway/lora/profiles.json"
+    with open(path) as fh:
+        gw = json.load(fh)["commands"]
+    eq(len(gw), len(lora_compact.COMMANDS))
+    for fw, g in zip(lora_compact.COMMANDS, gw):
+        eq(fw[0], g["name"])
+        eq(fw[1], g.get("arg"), fw[0])
+        eq(fw[2], tuple(g["values"]) if "values" in g else None, fw[0])
+
+
+def test_node_runs_a_compact_command_with_a_learned_clock_and_refuses_it_without():
+    # node.py unchanged: the expanded command checks exp against the clock learned from
+    # an earlier ack; a node with no clock at all refuses it err:stale (docs/security.md)
+    import node as node_mod
+
+    class App:
+        def command(self, name, args):
+            return "ok:%s" % args.get("level")
+
+    class Time:
+        def __init__(self, t):
+            self.t = t
+
+        def now(self):
+            return self.t
+
+    class Stub:
+        pass
+
+    body = lora_client.expand(unhex("a103818418c80218251a6b037aa8"))  # dim 37, exp T+120
+    for learned, want in ((1795390000, "ok:37"), (1795390121, "err:stale"),
+                          (None, "err:stale")):
+        n = Stub()
+        got = []
+        n.app = App()
+        n._report = lambda cid, res: got.append((cid, res))
+        n._seen = []
+        n._late_s = 0
+        n.log = lambda *a: None
+        n.time = Time(learned)
+        for c in cbor.loads(body)[2]:
+            node_mod.Node._command(n, c)
+        eq(got, [(200, want)], str(learned))
 
 mptest.run(globals())

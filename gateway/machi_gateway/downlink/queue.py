@@ -32,7 +32,7 @@ from typing import Any, Self, TypeVar
 import cbor2
 
 from ..errors import StoreError
-from ..ingress.base import WireCommand
+from ..ingress.base import Fits, WireCommand
 from ..model import DEVICE_RE
 
 log = logging.getLogger(__name__)
@@ -258,17 +258,18 @@ class CommandQueue:
         return self._open.get(device, 0) > 0
 
     async def on_reading(self, device: str, seq: int, results: Mapping[int, str],
-                         room: int | None = None) -> tuple[WireCommand, ...]:
+                         fits: Fits | None = None) -> tuple[WireCommand, ...]:
         """A reading from ``device`` arrived: apply its ``cmd/<cid>`` results, move
         commands along, and return those to put in this reading's ACK (marked sent).
 
-        ``room``: the bytes the ACK has for its commands entry (a LoRa ack within the dwell
-        limit); commands that do not fit stay as they are (a queued one is not marked sent:
-        it never went on air) and ride on a later ACK, in order."""
+        ``fits(commands)``: whether the answer has room for them (a LoRa ack within the
+        dwell limit, docs/protocol-lora.md §8); commands that do not fit stay as they are
+        (a queued one is not marked sent: it never went on air) and ride on a later ACK,
+        in order."""
         if not results and not self.has_open(device):
             return ()
         def job(db: sqlite3.Connection) -> tuple[tuple[WireCommand, ...], int]:
-            return self._on_reading(db, device, seq, results, room)
+            return self._on_reading(db, device, seq, results, fits)
 
         done: tuple[tuple[WireCommand, ...], int] = await self._run(self._tx, job)
         out, closed = done
@@ -328,11 +329,10 @@ class CommandQueue:
         return await self._run(job)
 
     def _on_reading(self, db: sqlite3.Connection, device: str, seq: int,
-                    results: Mapping[int, str], room: int | None = None
+                    results: Mapping[int, str], fits: Fits | None = None
                     ) -> tuple[tuple[WireCommand, ...], int]:
         now = self._clock()
         closed = 0
-        used = 2  # the ACK's key 2 and the array's head (1 byte up to 23 commands)
         full = False
         placeholders = ",".join("?" * len(OPEN_STATES))
         rows = db.execute(
@@ -354,11 +354,9 @@ class CommandQueue:
             if len(out) < self.per_ack and not full:
                 decoded: dict[str, Any] = cbor2.loads(args)
                 wire: WireCommand = (cid, name, decoded, int(min(expires, now + EXP_S)))
-                if room is not None:
-                    used += len(cbor2.dumps(list(wire)))
-                    if used > room:
-                        full = True  # this one and every later one wait: order is kept
-                        continue
+                if fits is not None and not fits([*out, wire]):
+                    full = True  # this one and every later one wait: order is kept
+                    continue
                 if state == "queued":
                     self._report(db, cid_, "sent")
                     db.execute("UPDATE commands SET sent_seq = ? WHERE id = ?", (seq, cid_))

@@ -12,7 +12,7 @@ gateway time, and the commands waiting for it: docs/protocol.md §2 and §5).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -48,12 +48,18 @@ class Receipt:
         return bytes(cbor2.dumps(doc))
 
 
+Fits = Callable[[Sequence[WireCommand]], bool]
+"""Whether an answer has room for these commands, oldest first (the ingress knows its
+frame; the queue only asks)."""
+
+
 class Sink(Protocol):
     """Where adapters deliver readings (the gateway core)."""
 
-    async def accept(self, reading: Reading, room: int | None = None) -> Receipt:
-        """Check and durably queue ``reading``; ``room`` bounds the bytes the receipt's
-        commands may take in the answer (a LoRa ack within the dwell limit).
+    async def accept(self, reading: Reading, fits: Fits | None = None) -> Receipt:
+        """Check and durably queue ``reading``; ``fits(commands)`` tells whether the
+        answer can carry those commands (a LoRa ack within the dwell limit); without it,
+        any commands fit.
 
         Returns a receipt whose outcome is "new" or "duplicate" (both mean: safe to
         acknowledge). Raises UnknownDevice (4.01), QueueFull/StoreUnavailable (5.03).

@@ -40,6 +40,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ListenError, ResponseError
+from ..lora.commands import bodies as ack_bodies
+from ..lora.commands import extra as compact_extra
 from ..model import Reading, Value
 from .base import Ingress, Receipt, Sink
 from .frames import DownlinkEncoder, FrameDecoder, Lookup, ack_downlink
@@ -300,7 +302,11 @@ class SemtechIngress(Ingress):
         reading = replace(reading, meta={**reading.meta, **meta})
         try:
             if self.confirm:  # commands only as far as the ack stays within the dwell limit
-                receipt = await self.sink.accept(reading, room=self._ack_room(up, reading))
+                room = self._ack_room(up, reading)
+                # counted in the ack's smallest form, the one _send_ack falls back to when
+                # nothing larger fits (lora/commands.py), so what is counted in goes on air
+                receipt = await self.sink.accept(
+                    reading, fits=lambda commands: compact_extra(commands) <= room)
             else:
                 receipt = await self.sink.accept(reading)
         except ResponseError as exc:
@@ -335,8 +341,9 @@ class SemtechIngress(Ingress):
     # ---- confirmed delivery (docs/protocol-lora.md §8) ------------------------------
 
     def _ack_room(self, up: Uplink, reading: Reading) -> int:
-        """Bytes left for the commands entry of this frame's ack: the uplink's dwell limit
-        less a time-only ack (its time a 4-byte uint, as every time until 2106)."""
+        """Bytes the ack of this frame has beyond a time-only one (its time a 4-byte uint,
+        as every time until 2106) within the uplink's dwell limit; the queue counts its
+        commands in their compact form (lora/commands.py: extra)."""
         sid = reading.meta.get("short_id")
         short_id = sid if isinstance(sid, int) else int.from_bytes(up.payload[1:3], "big")
         key = getattr(self.registry_lookup(short_id), "key", None) or bytes(16)
@@ -348,8 +355,9 @@ class SemtechIngress(Ingress):
 
     def _send_ack(self, up: Uplink, reading: Reading, receipt: Receipt) -> None:
         """The MIC'd ack of a durable frame (new or a repeat) in the node's RX window; its
-        body is the 2.04 payload, without the commands if they would break the dwell
-        limit (they then ride on a later ack)."""
+        body is the 2.04 payload, or, when that breaks the dwell limit, the commands in
+        their compact form (lora/commands.py: with the time if it fits); without the
+        commands only as a guard (the queue counted them in the compact form)."""
         device, seq = reading.device, reading.seq
         addr = self._pull_addr.get(up.eui)
         sid = reading.meta.get("short_id")  # the decoder's; else the frame's bytes 1..2
@@ -368,11 +376,16 @@ class SemtechIngress(Ingress):
         if self.encode_ack is None:
             from ..lora.frame import encode_ack
             self.encode_ack = encode_ack
-        body = self.encode_ack(short_id, seq, key, receipt.payload())
         limit = _DWELL_MAX.get(up.datr.split("BW")[0], 255)
-        if len(body) > limit and receipt.commands:
-            self.counters["ack_trimmed"] += 1
-            body = self.encode_ack(short_id, seq, key, replace(receipt, commands=()).payload())
+        for payload in ack_bodies(receipt.time, receipt.commands):  # the first that fits
+            body = self.encode_ack(short_id, seq, key, payload)
+            if len(body) <= limit:
+                break
+        else:
+            if receipt.commands:
+                self.counters["ack_trimmed"] += 1
+                body = self.encode_ack(short_id, seq, key,
+                                       replace(receipt, commands=()).payload())
         token = int.from_bytes(os.urandom(2), "big")
         self._tx_pending[token] = device
         if len(self._tx_pending) > 256:
