@@ -17,11 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +24,7 @@ import cbor2
 import httpx
 import pytest
 from fastapi.exceptions import RequestValidationError
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
@@ -40,50 +35,16 @@ from machi_cloud.errors import BadBatch, BadBody, TooLarge, UnsupportedMediaType
 from machi_cloud.settings import GATEWAY_ID, GatewayTokens, Settings
 from machi_cloud.storage.sqlite import SQLiteStorage
 from machi_cloud.wire import read_model
+from machi_tools.fuzzkit import HOSTILE_CBOR_HEADS, bounded_alloc, fuzz
 
 REPO = Path(__file__).resolve().parents[2]
-LONG = os.environ.get("MACHI_FUZZ", "") == "long"
-_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-settings.register_profile("machi-fuzz-ci", deadline=timedelta(seconds=5), derandomize=True,
-                          suppress_health_check=_SLOW_OK, database=None)
-settings.register_profile("machi-fuzz-long", deadline=timedelta(seconds=5),
-                          max_examples=int(os.environ.get("MACHI_FUZZ_EXAMPLES", "100000")),
-                          suppress_health_check=_SLOW_OK)
-PROFILE = settings.get_profile("machi-fuzz-long" if LONG else "machi-fuzz-ci")
 MAX_READINGS = 5000
-
-
-def fuzz(ci_examples: int) -> settings:
-    return PROFILE if LONG else settings(PROFILE, max_examples=ci_examples)
-
-
-@contextmanager
-def bounded_alloc(size: int) -> Iterator[None]:
-    """Parsing ``size`` bytes may not allocate more than a small multiple of it."""
-    started = not tracemalloc.is_tracing()
-    if started:
-        tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        yield
-        grown = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        if started:
-            tracemalloc.stop()
-    assert grown <= 1024 * 1024 + 300 * size, f"{grown} bytes allocated for {size} bytes"
 
 
 VECTOR = json.loads((REPO / "tests" / "vectors" / "cloud-batches.json").read_text())
 SEEDS = [bytes.fromhex(v["hex"]) for v in VECTOR]
 DOC = VECTOR[0]["decoded"]
-HOSTILE_HEADS = [bytes.fromhex(h) for h in (
-    "9bffffffffffffffff", "9affffffff", "bbffffffffffffffff", "baffffffff",
-    "5bffffffffffffffff", "7bffffffffffffffff", "7affffffff", "9f", "bf", "5f", "7f", "ff",
-    "f97e00", "f97c00", "fb7ff8000000000000", "fbfff0000000000000", "1bffffffffffffffff",
-    "3bffffffffffffffff", "c2", "c3", "c249010000000000000000", "d81c", "d81d00", "d81900",
-    "d90100", "c0", "c1", "c4", "c5", "d823", "f7", "f8ff", "1c", "fc", "a0", "80", "f6",
-)]
+HOSTILE_HEADS = HOSTILE_CBOR_HEADS
 
 
 @st.composite

@@ -12,7 +12,6 @@ input. `MACHI_FUZZ=long` writes ten times as many.
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import shutil
@@ -24,21 +23,16 @@ from typing import Any
 import cbor2
 import pytest
 
+from machi_tools.fuzzkit import HOSTILE_CBOR_HEADS, LONG
+
 HERE = Path(__file__).parent
 FIRMWARE = HERE.parent
 SCRIPT = HERE / "mp" / "test_fuzz_decoders.py"
 VECTORS = HERE.parents[1] / "tests" / "vectors"
-LONG = os.environ.get("MACHI_FUZZ", "") == "long"
 HEAP = "64K"
 MAX_INPUT = 600  # a node reads at most 512-byte datagrams (coap_client rxsize)
 
-HOSTILE = [bytes.fromhex(h) for h in (
-    "9bffffffffffffffff", "9affffffff", "bbffffffffffffffff", "baffffffff",
-    "5bffffffffffffffff", "7bffffffffffffffff", "7affffffff", "99ffff", "9f", "bf", "5f",
-    "7f", "ff", "f97e00", "f97c00", "fb7ff8000000000000", "1bffffffffffffffff",
-    "3bffffffffffffffff", "c2", "c3", "c249010000000000000000", "d81c", "c0", "f7", "f8ff",
-    "f818", "1c", "3e", "5d", "fc", "a0", "80", "40", "60",
-)]
+HOSTILE = HOSTILE_CBOR_HEADS
 
 
 def _tree(rng: random.Random, depth: int = 0) -> Any:

@@ -23,22 +23,18 @@ import asyncio
 import base64
 import json
 import math
-import os
 import random
 import socket
 import struct
-import tracemalloc
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiocoap
 import cbor2
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from machi_gateway.core import Core
@@ -53,47 +49,12 @@ from machi_gateway.registry import Device, Registry, parse_devices
 from machi_gateway.senml import decode_pack, decode_readings
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
+from machi_tools.fuzzkit import HOSTILE_CBOR_HEADS, LONG, bounded_alloc, fuzz
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "tests" / "vectors"
 
 # ---- profiles ---------------------------------------------------------------------------
-
-LONG = os.environ.get("MACHI_FUZZ", "") == "long"
-_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-# A deadline per example: a decoder takes microseconds on these inputs, so 5 s means a hang
-# (or super-linear work), never a slow CI machine.
-settings.register_profile("machi-fuzz-ci", deadline=timedelta(seconds=5), derandomize=True,
-                          suppress_health_check=_SLOW_OK, database=None)
-settings.register_profile("machi-fuzz-long", deadline=timedelta(seconds=5),
-                          max_examples=int(os.environ.get("MACHI_FUZZ_EXAMPLES", "100000")),
-                          suppress_health_check=_SLOW_OK)
-PROFILE = settings.get_profile("machi-fuzz-long" if LONG else "machi-fuzz-ci")
-
-
-def fuzz(ci_examples: int) -> settings:
-    """The active profile; in CI with this parser's share of the time budget."""
-    return PROFILE if LONG else settings(PROFILE, max_examples=ci_examples)
-
-
-@contextmanager
-def bounded_alloc(data: bytes | str) -> Iterator[None]:
-    """Fail if parsing ``data`` allocates more than a small multiple of its size: a 5-byte
-    head claiming 2^32 items must be refused before anything is allocated for them."""
-    started = not tracemalloc.is_tracing()
-    if started:
-        tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        yield
-        grown = tracemalloc.get_traced_memory()[1] - before
-    finally:
-        if started:
-            tracemalloc.stop()
-    limit = 1024 * 1024 + 300 * len(data)
-    assert grown <= limit, f"{grown} bytes allocated for {len(data)} bytes of input"
-
 
 # ---- seeds and mutations ----------------------------------------------------------------
 
@@ -113,18 +74,7 @@ BY_SHORT = {d.short_id: d for d in LORA_DEVICES.values() if d.short_id is not No
 COAP_SEEDS = [bytes.fromhex(c["hex"]) for c in _vec("coap-messages.json")]
 RECEIVED = 1795390000.5
 
-# CBOR heads that break parsers: huge definite lengths, indefinite starts, breaks, NaN and
-# infinities, 64-bit and big integers, tags (bignum, shared reference), undefined, reserved.
-HOSTILE_HEADS = [bytes.fromhex(h) for h in (
-    "9bffffffffffffffff", "9affffffff", "bbffffffffffffffff", "baffffffff",
-    "5bffffffffffffffff", "5affffffff", "7bffffffffffffffff", "7affffffff", "99ffff",
-    "9f", "bf", "5f", "7f", "ff", "f97e00", "f97c00", "f9fc00", "fa7fc00000",
-    "fb7ff8000000000000", "fb7ff0000000000000", "fbfff0000000000000", "1bffffffffffffffff",
-    "3bffffffffffffffff", "1b7fffffffffffffff", "1b8000000000000000", "c2", "c3",
-    "c249010000000000000000", "c3581f" + "ff" * 31, "d81c", "d81d00", "d81d1bffffffffff",
-    "c0", "c1", "c4", "c5", "d823", "d9d9f7", "f7", "f8ff", "f818", "1c", "3e", "5d", "fc",
-    "fd", "fe", "a0", "80", "40", "60", "f6", "f4", "f5",
-)]
+HOSTILE_HEADS = HOSTILE_CBOR_HEADS
 
 
 def _nest(depth: int, opener: bytes = b"\x81", leaf: bytes = b"\x00") -> bytes:
@@ -272,7 +222,7 @@ SENML_HOSTILE = [
 
 
 def check_senml(data: bytes) -> None:
-    with bounded_alloc(data):
+    with bounded_alloc(len(data)):
         try:
             # the CoAP path's decoder: a pack of 1..16 readings
             rs = decode_readings(data, received=RECEIVED, transport="coap")
@@ -336,7 +286,7 @@ def remic(data: bytes) -> bytes:
 
 
 def check_lora(data: bytes) -> None:
-    with bounded_alloc(data):
+    with bounded_alloc(len(data)):
         try:
             r = frame.decode(data, registry_lookup=lookup, received=RECEIVED, transport="lora")
         except (BadReading, UnknownDevice) as exc:
@@ -443,7 +393,7 @@ def check_semtech(data: bytes) -> None:
     sink = CountingSink()
     ingress = semtech.SemtechIngress(sink, decode=frame.decode, registry_lookup=lookup,
                                      clock=lambda: RECEIVED)
-    with bounded_alloc(data):
+    with bounded_alloc(len(data)):
         ingress._datagram(data, ("127.0.0.1", 1700))  # must neither raise nor block
     assert set(sink.reasons) <= ADAPTER_REASONS, sink.reasons
     queue: asyncio.Queue[semtech.Uplink] = ingress._queue
@@ -510,7 +460,7 @@ rcv_lines = st.one_of(
 
 
 def check_serial_line(line: str) -> None:
-    with bounded_alloc(line):
+    with bounded_alloc(len(line)):
         try:
             addr, payload, meta = parse_rcv(line)
         except BadReading as exc:
