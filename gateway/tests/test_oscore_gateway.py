@@ -7,10 +7,8 @@ OSCORE against the real daemon is firmware/tests/test_oscore_node.py.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import Any
 import aiocoap
 import cbor2
 import pytest
-from aiocoap.message import Direction
 
 from machi_gateway.config import from_mapping
 from machi_gateway.core import Core
@@ -30,41 +27,15 @@ from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
 
+from .oscore_client import exchange, next_mid, protect
+
 KEY1 = bytes(range(16))
 KEY3 = bytes(range(16, 32))
-TIMEOUT = 20.0
-_mid = [0x3000]
-
-
 
 
 def pack(device: str, seq: int) -> bytes:
     return bytes(cbor2.dumps([{0: "seq", 2: seq, -2: f"{device}:"},
                               {0: "temp", 1: "Cel", 2: 21}]))
-
-
-def _exchange(port: int, data: bytes) -> aiocoap.Message:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(TIMEOUT)
-        s.sendto(data, ("127.0.0.1", port))
-        return aiocoap.Message.decode(s.recv(2048))
-
-
-async def exchange(port: int, data: bytes) -> aiocoap.Message:
-    return await asyncio.to_thread(_exchange, port, data)
-
-
-def protect(ctx: NodeSideContext, payload: bytes, echo: bytes | None = None
-            ) -> tuple[bytes, Any]:
-    _mid[0] += 1
-    msg = aiocoap.Message(code=aiocoap.POST, uri_path=("r",), content_format=112,
-                          payload=payload)
-    if echo is not None:
-        msg.opt.echo = echo
-    msg.direction = Direction.OUTGOING
-    outer, request_id = ctx.protect(msg)
-    outer.mid, outer.token, outer.mtype = _mid[0], b"\x01\x02", aiocoap.CON
-    return bytes(outer.encode()), request_id
 
 
 @dataclass
@@ -135,10 +106,9 @@ async def gw(gw_factory: Any) -> AsyncIterator[Gw]:
 
 
 def plain(payload: bytes) -> bytes:
-    _mid[0] += 1
     msg = aiocoap.Message(code=aiocoap.POST, uri_path=("r",), content_format=112,
                           payload=payload)
-    msg.mid, msg.token, msg.mtype = _mid[0], b"\x09", aiocoap.CON
+    msg.mid, msg.token, msg.mtype = next_mid(), b"\x09", aiocoap.CON
     return bytes(msg.encode())
 
 

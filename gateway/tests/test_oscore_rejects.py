@@ -8,18 +8,14 @@ each land in the gateway's rejects-by-reason counter (``/healthz`` ``rejected``,
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiocoap
 import cbor2
 import pytest
 from aiocoap import oscore as aio_oscore
-from aiocoap.message import Direction
 
 from machi_gateway.core import Core
 from machi_gateway.health import Snapshot
@@ -29,40 +25,15 @@ from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
 
+from .oscore_client import exchange, next_mid, protect
+
 KEY1 = bytes(range(16))
 KEY3 = bytes(range(16, 32))
-TIMEOUT = 20.0
-_mid = [0x5000]
-
-
 
 
 def _reading(seq: int) -> bytes:
     return bytes(cbor2.dumps([{0: "seq", 2: seq, -2: "env-0001:"},
                               {0: "temp", 1: "Cel", 2: 21}]))
-
-
-def protect(ctx: NodeSideContext, payload: bytes, echo: bytes | None = None) -> tuple[bytes, Any]:
-    _mid[0] += 1
-    msg = aiocoap.Message(code=aiocoap.POST, uri_path=("r",), content_format=112,
-                          payload=payload)
-    if echo is not None:
-        msg.opt.echo = echo
-    msg.direction = Direction.OUTGOING
-    outer, request_id = ctx.protect(msg)
-    outer.mid, outer.token, outer.mtype = _mid[0], b"\x01\x02", aiocoap.CON
-    return bytes(outer.encode()), request_id
-
-
-def _exchange(port: int, data: bytes) -> aiocoap.Message:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(TIMEOUT)
-        s.sendto(data, ("127.0.0.1", port))
-        return aiocoap.Message.decode(s.recv(2048))
-
-
-async def exchange(port: int, data: bytes) -> aiocoap.Message:
-    return await asyncio.to_thread(_exchange, port, data)
 
 
 @pytest.fixture
@@ -111,9 +82,8 @@ async def test_oscore_refusals_are_counted_by_reason(
         r = await exchange(port, protect(NodeSideContext(kid, KEY1), _reading(2))[0])
         assert r.code == aiocoap.UNAUTHORIZED and r.opt.oscore is None
     # an OSCORE option with reserved flag bits set does not even parse: 4.02
-    _mid[0] += 1
     bad = aiocoap.Message(code=aiocoap.POST, payload=b"\x00" * 12)
-    bad.mid, bad.token, bad.mtype = _mid[0], b"\x07", aiocoap.CON
+    bad.mid, bad.token, bad.mtype = next_mid(), b"\x07", aiocoap.CON
     bad.opt.oscore = b"\xe1\x05"
     r = await exchange(port, bytes(bad.encode()))
     assert r.code == aiocoap.BAD_OPTION and r.opt.oscore is None
