@@ -117,8 +117,9 @@ class Client:
         self._mid = (self._mid + 1) & 0xFFFF
         return self._mid
 
-    # Begin a confirmable request; path is a sequence of Uri-Path segments (str).
-    def start(self, code, path, content_format, payload):
+    # Begin a confirmable request; path is a sequence of Uri-Path segments (str); extra:
+    # more (number, bytes) options after them, in number order (fwupdate's Block2).
+    def start(self, code, path, content_format, payload, extra=()):
         if self._state != _IDLE:
             raise RuntimeError("a request is in flight")
         mid = self._next_mid()
@@ -131,6 +132,7 @@ class Client:
         opts = [(coap.URI_PATH, seg.encode()) for seg in path]
         if content_format is not None:
             opts.append((coap.CONTENT_FORMAT, coap.uint_bytes(content_format)))
+        opts.extend(extra)
         self._msg = coap.encode(coap.CON, code, mid, t, opts, payload, self._tx)
         self._reqmid = mid
         self.response = None

@@ -153,33 +153,7 @@ def verify_manifest(raw, keys):
 
 
 class _Client(coap_client.Client):
-    # coap_client.Client with extra request options (Block2); the same exchange otherwise
-    def start(self, code, path, content_format, payload, extra=()):
-        if self.busy():
-            raise RuntimeError("a request is in flight")
-        mid = self._next_mid()
-        r = self._rng.getrandbits(32)
-        t = self._token
-        t[0] = r >> 24
-        t[1] = (r >> 16) & 0xFF
-        t[2] = (r >> 8) & 0xFF
-        t[3] = r & 0xFF
-        opts = [(coap.URI_PATH, seg.encode()) for seg in path]
-        if content_format is not None:
-            opts.append((coap.CONTENT_FORMAT, coap.uint_bytes(content_format)))
-        opts.extend(extra)
-        self._msg = coap.encode(coap.CON, code, mid, t, opts, payload, self._tx)
-        self._reqmid = mid
-        self.response = None
-        self.error = coap_client.OK
-        self.tries = 0
-        self._timeout = int(
-            self.ack_timeout_ms * (1 + self._rng.random() * (self.ack_random_factor - 1))
-        )
-        self._t0 = self._clock.ticks_ms()
-        self._state = 1  # coap_client._WAIT_ACK
-        self._transmit()
-
+    # coap_client.Client with a blocking GET (the download runs outside the node loop)
     def get(self, path, extra):
         self.start(coap.GET, path, None, b"", extra)
         while not self.poll(60000):
