@@ -13,7 +13,7 @@
 #   VClock            a virtual `time` for the board module (ticks only move when slept)
 import sys
 
-from fakebus import CmdDevice, FakeI2C, FakePWM, FakeUART, RegDevice
+from fakebus import CmdDevice, FakeI2C, FakePin, FakePWM, FakeUART, RegDevice
 
 
 class Slept(Exception):
@@ -62,39 +62,17 @@ class FakeMachine:
             def feed(self):
                 self.fed += 1
 
-        class Pin:
-            IN = 1
-            OUT = 3
+        class Pin(FakePin):
+            # machine.Pin(n, mode, pull), registered by number; value/irq/rise are FakePin's
             PULL_UP = 2
             PULL_DOWN = 1
-            IRQ_RISING = 1
-            IRQ_FALLING = 2
 
             def __init__(self, n, mode=None, pull=None):
+                FakePin.__init__(self)
                 self.n = n
                 self.mode = mode
                 self.pull = pull
-                self.v = 0
-                self.handler = None
-                self.trigger = None
                 m.pins[n] = self
-
-            def value(self, v=None):
-                if v is None:
-                    return self.v
-                self.v = v
-
-            def irq(self, handler=None, trigger=None):
-                self.handler = handler
-                self.trigger = trigger
-
-            def rise(self, stay_high=False):
-                # the PIR's output pulses: what the edge interrupt sees
-                self.v = 1
-                if self.handler and self.trigger & self.IRQ_RISING:
-                    self.handler(self)
-                if not stay_high:
-                    self.v = 0
 
         class PWM(FakePWM):
             def __init__(self, pin, freq=None, duty_u16=None):
