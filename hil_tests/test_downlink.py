@@ -7,15 +7,13 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from machi_tools.cloudapi import CloudClient
-from machi_tools.system import Cloud, CoapProfile, Fleet, Gateway, fleet_specs
+from machi_tools.system import Cloud, Fleet, Gateway, provisioned_system
 
 ADMIN = secrets.token_urlsafe(16)
 OPERATOR = secrets.token_urlsafe(16)
@@ -23,34 +21,10 @@ OPERATOR = secrets.token_urlsafe(16)
 
 @pytest.fixture
 def system(workdir: Path) -> Iterator[tuple[Cloud, Gateway, Fleet]]:
-    cloud = Cloud(workdir=workdir, api_tokens=f"root=admin:{ADMIN},olga=operator:{OPERATOR}")
-    gateway: Gateway | None = None
-    fleet: Fleet | None = None
-    try:
-        cloud.start()
-        specs = fleet_specs({"light": 1, "env": 1}, interval_s=0.3)
-        # registered as `machi provision` does: the cloud's key and short id go to the node
-        # (OSCORE) and, by the registry sync, to the gateway
-        with CloudClient(cloud.url, ADMIN) as admin:
-            for i, spec in enumerate(specs):
-                reg = admin.register(spec.device_id, {
-                    "type": spec.type, "gateway": cloud.gateway_id, "site": "hil",
-                    "lat": 36.115 + i / 1000, "lon": 137.954, "transport": "coap"})
-                specs[i] = replace(spec, short_id=reg.short_id, key=reg.key.hex())
-        gateway = Gateway(workdir=workdir, cloud_url=cloud.url, token=cloud.token,
-                          devices_sync=True, downlink=True, batch_age_s=0.3)
-        gateway.start()
-        gateway.wait_devices(len(specs))  # synced from the cloud's registry
-        fleet = Fleet(specs=specs, workdir=workdir, gateway=gateway.coap,
-                      coap=CoapProfile(ack_timeout_s=0.5))
-        fleet.start()
-        yield cloud, gateway, fleet
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        if gateway is not None:
-            gateway.stop()
-        cloud.stop()
+    with provisioned_system(workdir, {"light": 1, "env": 1}, admin_token=ADMIN,
+                            api_tokens=f"root=admin:{ADMIN},olga=operator:{OPERATOR}",
+                            interval_s=0.3) as parts:
+        yield parts
 
 
 def _wait_state(client: httpx.Client, cmd_id: str, want: str, timeout: float) -> dict[str, Any]:

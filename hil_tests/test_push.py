@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from machi_tools.cloudapi import CloudClient
-from machi_tools.system import Cloud, CoapProfile, Fleet, Gateway, Node, fleet_specs
+from machi_tools.system import Cloud, Fleet, Gateway, Node, provisioned_system
 
 ADMIN = secrets.token_urlsafe(16)
 OPERATOR = secrets.token_urlsafe(16)
@@ -41,32 +40,11 @@ class PushGateway(Gateway):
 
 @pytest.fixture
 def system(workdir: Path) -> Iterator[tuple[Cloud, Gateway, Fleet]]:
-    cloud = Cloud(workdir=workdir, api_tokens=f"root=admin:{ADMIN},olga=operator:{OPERATOR}")
-    gateway: Gateway | None = None
-    fleet: Fleet | None = None
-    try:
-        cloud.start()
-        specs = fleet_specs({"light": 1}, interval_s=INTERVAL_S)
-        with CloudClient(cloud.url, ADMIN) as admin:  # as `machi provision`: OSCORE keys
-            reg = admin.register(specs[0].device_id, {
-                "type": "light", "gateway": cloud.gateway_id, "site": "hil", "lat": 36.115,
-                "lon": 137.954, "transport": "coap"})
-            specs[0] = replace(specs[0], short_id=reg.short_id, key=reg.key.hex())
-        gateway = PushGateway(workdir=workdir, cloud_url=cloud.url, token=cloud.token,
-                              devices_sync=True, downlink=True, batch_age_s=0.3,
-                              oscore="required")
-        gateway.start()
-        gateway.wait_devices(1)
-        fleet = Fleet(specs=specs, workdir=workdir, gateway=gateway.coap,
-                      coap=CoapProfile(ack_timeout_s=0.5))
-        fleet.start()
-        yield cloud, gateway, fleet
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        if gateway is not None:
-            gateway.stop()
-        cloud.stop()
+    with provisioned_system(workdir, {"light": 1}, admin_token=ADMIN,
+                            api_tokens=f"root=admin:{ADMIN},olga=operator:{OPERATOR}",
+                            interval_s=INTERVAL_S, gateway_type=PushGateway,
+                            oscore="required") as parts:
+        yield parts
 
 
 def _until(cond: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -745,3 +745,42 @@ __all__ = [
     "ProcessError", "fleet_short_id", "fleet_specs", "mix_specs", "parse_mix", "parse_node_log",
     "start_fault_proxy", "with_radio_ids", "write_devices_file",
 ]
+
+
+@contextlib.contextmanager
+def provisioned_system(
+    workdir: Path, counts: dict[str, int], *, admin_token: str, api_tokens: str,
+    interval_s: float, gateway_type: type[Gateway] | None = None, **gateway_options: Any,
+) -> Iterator[tuple[Cloud, Gateway, Fleet]]:
+    """A cloud, a gateway that syncs its devices and commands from it, and a fleet whose
+    nodes were registered as `machi provision` does (the cloud's key and short id go to the
+    node for OSCORE and, by the registry sync, to the gateway); all stopped on exit."""
+    from .cloudapi import CloudClient
+
+    cloud = Cloud(workdir=workdir, api_tokens=api_tokens)
+    gateway: Gateway | None = None
+    fleet: Fleet | None = None
+    try:
+        cloud.start()
+        specs = fleet_specs(counts, interval_s=interval_s)
+        with CloudClient(cloud.url, admin_token) as admin:
+            for i, spec in enumerate(specs):
+                reg = admin.register(spec.device_id, {
+                    "type": spec.type, "gateway": cloud.gateway_id, "site": "hil",
+                    "lat": 36.115 + i / 1000, "lon": 137.954, "transport": "coap"})
+                specs[i] = replace(spec, short_id=reg.short_id, key=reg.key.hex())
+        gateway = (gateway_type or Gateway)(
+            workdir=workdir, cloud_url=cloud.url, token=cloud.token, devices_sync=True,
+            downlink=True, batch_age_s=0.3, **gateway_options)
+        gateway.start()
+        gateway.wait_devices(len(specs))
+        fleet = Fleet(specs=specs, workdir=workdir, gateway=gateway.coap,
+                      coap=CoapProfile(ack_timeout_s=0.5))
+        fleet.start()
+        yield cloud, gateway, fleet
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        if gateway is not None:
+            gateway.stop()
+        cloud.stop()
