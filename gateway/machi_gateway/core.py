@@ -66,12 +66,7 @@ class Core:
 
     async def accept(self, reading: Reading, fits: Fits | None = None) -> Receipt:
         try:
-            if reading.device not in self.registry:
-                dev = self.registry.get(reading.device)
-                if dev is not None and dev.revoked:
-                    raise UnknownDevice("revoked", f"device {reading.device!r} is revoked")
-                raise UnknownDevice("unknown-device",
-                                    f"device {reading.device!r} is not registered here")
+            self._check_registered(reading.device)
             reading, results = split_command_results(reading)
             outcome = await self.store.add(reading)
         except ResponseError as exc:
@@ -83,15 +78,7 @@ class Core:
             commands = await self.commands.on_reading(reading.device, reading.seq, results,
                                                       fits)
         self.stats.seen(reading.device, reading.received, reading.transport)
-        if outcome == "new":
-            self.stats.readings_in += 1
-            for listener in self._listeners:
-                try:
-                    listener(reading)
-                except Exception:  # a local integration must never cost an ACK
-                    log.exception("reading listener failed")
-        else:
-            self.stats.duplicates += 1
+        self._stored(reading, outcome)
         return Receipt(outcome=outcome, time=int(self._clock()), commands=commands)
 
     async def accept_many(self, readings: Sequence[Reading]) -> Receipt:
@@ -101,11 +88,7 @@ class Core:
             return await self.accept(readings[0])
         try:
             device = readings[0].device
-            if device not in self.registry:
-                dev = self.registry.get(device)
-                if dev is not None and dev.revoked:
-                    raise UnknownDevice("revoked", f"device {device!r} is revoked")
-                raise UnknownDevice("unknown-device", f"device {device!r} is not registered here")
+            self._check_registered(device)
             split = [split_command_results(r) for r in readings]
             outcomes = await self.store.add_many([r for r, _ in split])
         except ResponseError as exc:
@@ -120,17 +103,29 @@ class Core:
         last = readings[-1]
         self.stats.seen(device, last.received, last.transport)
         for (reading, _), added in zip(split, outcomes, strict=True):
-            if added != "new":
-                self.stats.duplicates += 1
-                continue
-            self.stats.readings_in += 1
-            for listener in self._listeners:
-                try:
-                    listener(reading)
-                except Exception:  # a local integration must never cost an ACK
-                    log.exception("reading listener failed")
+            self._stored(reading, added)
         outcome: Accepted = "new" if "new" in outcomes else "duplicate"
         return Receipt(outcome=outcome, time=int(self._clock()), commands=commands)
+
+    def _check_registered(self, device: str) -> None:
+        """4.01 for a device this gateway does not know, or one revoked."""
+        if device not in self.registry:
+            dev = self.registry.get(device)
+            if dev is not None and dev.revoked:
+                raise UnknownDevice("revoked", f"device {device!r} is revoked")
+            raise UnknownDevice("unknown-device", f"device {device!r} is not registered here")
+
+    def _stored(self, reading: Reading, outcome: Accepted) -> None:
+        """Count a durable reading; a new one also goes to the local integrations."""
+        if outcome != "new":
+            self.stats.duplicates += 1
+            return
+        self.stats.readings_in += 1
+        for listener in self._listeners:
+            try:
+                listener(reading)
+            except Exception:  # a local integration must never cost an ACK
+                log.exception("reading listener failed")
 
     def rejected(self, transport: str, reason: str) -> None:
         self.stats.reject(reason)
