@@ -258,17 +258,7 @@ def encode(profile: Profile, short_id: int, seq: int, key: bytes,
 
     The gateway does not send uplink frames; this is here for tests, vectors and
     emulators, written independently of the firmware's encoder."""
-    if not 0 <= short_id <= 0xFFFF:
-        raise ValueError("short id must be a uint16")
-    if not 0 <= seq < SEQ_LIMIT:
-        raise ValueError("seq out of range")
-    out = bytearray([profile.id]) + short_id.to_bytes(2, "big")
-    n = seq
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            break
+    out = _frame_start(profile.id, short_id, seq)
     items: list[int | None] = [m.encode(values[m.name]) if m.name in values else None
                                for m in profile.metrics]
     if age_s:
@@ -315,21 +305,26 @@ def _cbor_array(items: Sequence[int | None], res: Mapping[int, str]) -> bytes:
 ACK_TYPE = 0x80  # byte 0 of an ack: outside the profile ids, so never an uplink
 
 
-def encode_ack(short_id: int, seq: int, key: bytes, body: bytes = b"") -> bytes:
-    """The ack the gateway sends in the node's RX window once ``seq`` is durable
-    (docs/protocol-lora.md §8): ``0x80 | short id | seq varint | body | MIC``; ``body`` is
-    the CoAP 2.04 payload (CBOR ``{1: time, 2: commands}``)."""
+def _frame_start(kind: int, short_id: int, seq: int) -> bytearray:
+    """The bytes every frame and ack start with: type, short id (uint16 BE), seq (LEB128)."""
     if not 0 <= short_id <= 0xFFFF:
         raise ValueError("short id must be a uint16")
     if not 0 <= seq < SEQ_LIMIT:
         raise ValueError("seq out of range")
-    out = bytearray([ACK_TYPE]) + short_id.to_bytes(2, "big")
+    out = bytearray([kind]) + short_id.to_bytes(2, "big")
     n = seq
     while True:
         b, n = n & 0x7F, n >> 7
         out.append(b | 0x80 if n else b)
         if not n:
-            break
+            return out
+
+
+def encode_ack(short_id: int, seq: int, key: bytes, body: bytes = b"") -> bytes:
+    """The ack the gateway sends in the node's RX window once ``seq`` is durable
+    (docs/protocol-lora.md §8): ``0x80 | short id | seq varint | body | MIC``; ``body`` is
+    the CoAP 2.04 payload (CBOR ``{1: time, 2: commands}``)."""
+    out = _frame_start(ACK_TYPE, short_id, seq)
     out += body
     return bytes(out + mic(key, bytes(out)))
 
