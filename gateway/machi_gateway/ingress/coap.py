@@ -16,6 +16,7 @@ cannot post in another's name. "required" refuses plain requests with 4.01
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from pathlib import Path
@@ -24,8 +25,13 @@ from typing import Any
 import aiocoap
 import aiocoap.error
 import aiocoap.resource
+from aiocoap.message import Direction
+from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.codes import Code
-from aiocoap.pipe import error_to_message, run_driving_pipe
+from aiocoap.numbers.types import CON
+from aiocoap.pipe import Pipe, error_to_message, run_driving_pipe
+from aiocoap.tokenmanager import TokenManager
+from aiocoap.transports.udp6 import UDP6EndpointAddress
 
 from ..errors import (
     ListenError,
@@ -90,8 +96,118 @@ def _refuse_non_utf8_options() -> None:
     optiontypes.StringOption.decode = checked
 
 
+class _MessageManager(MessageManager):  # type: ignore[misc]  # untyped lib
+    """aiocoap's message layer with a compact duplicate cache (same answers).
+
+    RFC 7252 §4.5: a request seen again from the same endpoint with the same message id
+    within EXCHANGE_LIFETIME (247 s) is a duplicate; a CON duplicate gets the answer sent
+    the first time (nothing, while that is still being prepared). aiocoap keeps, per
+    request, the answer's ``Message`` (which holds the request, both option sets and the
+    remote: some 60 objects the cyclic GC tracks) and a ``call_later`` timer (a
+    ``TimerHandle`` and a ``partial`` on the loop's heap) to forget it. Under load that is
+    a few hundred thousand tracked objects that every collection of the older
+    generations walks (docs/benchmarks.md, "Steady load"). Here the cache holds the
+    answer's encoded bytes under ``(address, message id)`` (no tracked object once the
+    GC has seen it), and one FIFO of deadlines replaces the timers: entries are dropped
+    in arrival order when the next request comes, before that request is looked up, so
+    a duplicate is recognised exactly as long as before. A duplicate's answer is decoded
+    from those bytes again (a rare path): the same bytes on the wire as before.
+    """
+
+    def __init__(self, token_manager: Any) -> None:
+        super().__init__(token_manager)
+        self._recent_messages: dict[Any, bytes | None] = {}
+        self._expiry: collections.deque[tuple[float, Any]] = collections.deque()
+
+    @staticmethod
+    def _dedup_key(remote: Any, mid: int) -> Any:
+        # a UDP6 remote equals another by its socket address without the scope id
+        # (UDP6EndpointAddress.__eq__); keying on that tuple keeps no remote object alive
+        if type(remote) is UDP6EndpointAddress:
+            return (remote.sockaddr[:-1], mid)
+        return (remote, mid)
+
+    def _deduplicate_message(self, message: aiocoap.Message) -> bool:
+        recent = self._recent_messages
+        expiry = self._expiry
+        now = self.loop.time()
+        while expiry and expiry[0][0] <= now:
+            del recent[expiry.popleft()[1]]
+        key = self._dedup_key(message.remote, message.mid)
+        if key in recent:
+            answer = recent[key]
+            if message.mtype is CON:
+                if answer is not None:
+                    self.log.info("Duplicate CON received, sending old response again")
+                    again = aiocoap.Message.decode(answer, message.remote.as_response_address())
+                    again.direction = Direction.OUTGOING
+                    self._send_via_transport(again)
+                else:
+                    self.log.info("Duplicate CON received, no response to send yet")
+            else:
+                self.log.info("Duplicate NON, ACK or RST received")
+            return True
+        recent[key] = None
+        expiry.append((now + message.transport_tuning.EXCHANGE_LIFETIME, key))
+        return False
+
+    def _store_response_for_duplicates(self, message: aiocoap.Message) -> None:
+        key = self._dedup_key(message.remote, message.mid)
+        if key in self._recent_messages:
+            self._recent_messages[key] = message.encode()
+
+
+class _TokenManager(TokenManager):  # type: ignore[misc]  # untyped lib
+    """aiocoap's token layer, whose per-request state is freed when the request ends.
+
+    aiocoap's ``process_request`` makes a reference cycle per request: its ``on_event``
+    closure holds ``stop``, a ``partial`` holding ``on_event`` (and the pipe, and through
+    the closure the request with its options and remote), so each served request is
+    left as cyclic garbage for the GC to find (about 20 tracked objects a request under
+    bench/gateway_coap.py). The same code here, except that the end of the request's
+    interest drops ``stop`` from the closure: the cycle is broken and reference counting
+    frees the request at once.
+    """
+
+    def process_request(self, request: aiocoap.Message) -> None:
+        key = (request.token, request.remote)
+        if key in self.incoming_requests:
+            self.log.debug("Incoming request overrides existing request")
+            (_, old_stop) = self.incoming_requests.pop(key)
+            old_stop()
+        pipe = Pipe(request, self.log)
+        stop: Any = None
+
+        def on_event(ev: Any) -> bool | None:
+            if ev.message is not None:
+                m = ev.message
+                m.token = request.token
+                m.remote = request.remote.as_response_address()
+                m.request = request
+                self.token_interface.send_message(m, stop)
+            else:
+                self.log.error("Requests shouldn't receive errors at the level of a "
+                               "TokenManager any more, but this did: %s", ev)
+            if not ev.is_last:
+                return True
+            return None
+
+        def on_end() -> None:
+            nonlocal stop
+            if key in self.incoming_requests:
+                del self.incoming_requests[key]
+            stop = None  # the cycle on_event -> stop -> on_event ends here
+
+        stop = pipe.on_event(on_event)
+        pipe.on_interest_end(on_end)
+        self.incoming_requests[key] = (pipe, stop)
+        self.context.render_to_pipe(pipe)
+
+
 class _Context(aiocoap.Context):  # type: ignore[misc]  # untyped lib
-    """aiocoap's server context, minus a ``%r`` of every request.
+    """aiocoap's server context, minus a ``%r`` of every request, with the compact
+    duplicate cache of :class:`_MessageManager` and the cycle-free token layer of
+    :class:`_TokenManager`.
 
     ``Context.render_to_pipe`` names each request's task ``"Rendering for %r" % request``:
     the Message repr formats the remote, which parses its address with ``ipaddress`` and
@@ -102,6 +218,16 @@ class _Context(aiocoap.Context):  # type: ignore[misc]  # untyped lib
 
     def render_to_pipe(self, pipe: Any) -> None:
         run_driving_pipe(error_to_message(pipe, self.log), self._render_to_pipe(pipe))
+
+    async def _append_tokenmanaged_messagemanaged_transport(
+            self, message_interface_constructor: Any) -> None:
+        # aiocoap's own, with _TokenManager and _MessageManager
+        tman = _TokenManager(self)
+        mman = _MessageManager(tman)
+        transport = await message_interface_constructor(mman)
+        mman.message_interface = transport
+        tman.token_interface = mman
+        self.request_interfaces.append(tman)
 
 
 class ReadingResource(aiocoap.resource.Resource):  # type: ignore[misc]  # untyped lib
