@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import sqlite3
 import time
@@ -273,9 +274,16 @@ class Store:
                 qid = self._next_id or _next_queue_id(db)
                 over = self._over_quota(db)
                 room = self.max_readings if over is None else 0
+                rows: list[tuple[Any, ...]] = []  # queue rows, inserted at once after the loop
+                rest: Sequence[Reading] = readings  # those left for the loop below
+                if depth + len(readings) <= room:
+                    # Room for all (the common case): one statement for the group's
+                    # identities instead of one per reading (_INSERT_SEEN_ALL).
+                    rows, results, depth = self._add_all(db, readings, now, qid, depth)
+                    qid += len(readings)
+                    rest = ()
                 execute = db.execute
-                rows = []  # queue rows, inserted at once after the loop
-                for r in readings:
+                for r in rest:
                     if depth < room:
                         # room: one statement tells new from duplicate (rowcount 0)
                         device, seq = r.device, r.seq
@@ -319,6 +327,24 @@ class Store:
         self._depth = depth
         self._next_id = qid
         return results
+
+    @staticmethod
+    def _add_all(db: sqlite3.Connection, readings: Sequence[Reading], now: float, qid: int,
+                 depth: int) -> tuple[list[tuple[Any, ...]], list[AddResult | Exception], int]:
+        """The seen rows of all ``readings`` in one statement: reading k gets queue id
+        ``qid + k`` (a duplicate's id is left unused), and the statement returns the k of
+        those it inserted; returns the new ones' queue rows, every reading's result and
+        the new depth. Saves a Python call and a cursor per reading (store alone, 16
+        packs of 10 per group: ~1 µs of CPU per reading, bench/gateway_coap.py)."""
+        keys = json.dumps([[r.device, r.seq] for r in readings])
+        inserted = sorted(k for (k,) in db.execute(_INSERT_SEEN_ALL, (now, qid, keys)))
+        results: list[AddResult | Exception] = ["duplicate"] * len(readings)
+        rows = []
+        for k in inserted:
+            r = readings[k]
+            rows.append((qid + k, r.device, r.seq, r.received, encode_wire(r)))
+            results[k] = "new"
+        return rows, results, depth + len(inserted)
 
     def _over_quota(self, db: sqlite3.Connection) -> int | None:
         """Bytes in use (the database's live pages) if over ``max_bytes``.
@@ -425,6 +451,12 @@ class Store:
 
 
 _INSERT_SEEN = "INSERT OR IGNORE INTO seen (device, seq, at, qid) VALUES (?, ?, ?, ?)"
+# A group's identities from one JSON array of [device, seq] (json_each's key is the
+# index k): INSERT OR IGNORE inserts a key already seen, or twice in the array, at most
+# once (the first time), and RETURNING lists only the rows it inserted.
+_INSERT_SEEN_ALL = ("INSERT OR IGNORE INTO seen (device, seq, at, qid) "
+                    "SELECT value ->> 0, value ->> 1, ?1, ?2 + key FROM json_each(?3) "
+                    "WHERE true RETURNING qid - ?2")
 # The queue row of (device, seq), found through its seen row (the queue has no index on
 # the key, see the module docstring); the key is checked on the row too.
 _QUEUED = ("id = (SELECT qid FROM seen WHERE device = ? AND seq = ?) "

@@ -236,3 +236,44 @@ async def test_queued_readings_written_by_an_older_gateway_are_linked_at_open(
             assert await s.add(make_reading(seq=seq)) == "duplicate"
         assert await s.ack([("env-0001", 1), ("env-0001", 2), ("env-0001", 3)]) == 3
         assert s.depth == 0
+
+
+async def test_a_group_with_duplicates_inside_and_across(
+    store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    """One group (the batched seen insert): a key already stored and a key twice in the
+    group are duplicates, the first occurrence new; every new seen row names its queue
+    row, and the ids stay unique and increasing across groups (a duplicate's id unused)."""
+    await store.add(make_reading(seq=2))
+    big = 2**63 - 1  # the largest seq: through JSON and back without loss
+    group = [make_reading(seq=1), make_reading(seq=2), make_reading(seq=3),
+             make_reading(seq=1, received=1.0), make_reading(device="bin-0002", seq=big)]
+    assert await store.add_many(group) == ["new", "duplicate", "new", "duplicate", "new"]
+    assert await store.add_many([make_reading(seq=4), make_reading(seq=3)]) == [
+        "new", "duplicate"]
+    assert store.depth == 5
+    queued = _rows(store.path, "SELECT id, device, seq FROM queue ORDER BY id")
+    assert [(d, s) for _, d, s in queued] == [
+        ("env-0001", 2), ("env-0001", 1), ("env-0001", 3), ("bin-0002", big), ("env-0001", 4)]
+    ids = [i for i, _, _ in queued]
+    assert ids == sorted(set(ids))
+    linked = _rows(store.path, "SELECT s.device, s.seq, s.qid FROM seen s "
+                               "JOIN queue q ON q.id = s.qid AND q.device = s.device "
+                               "AND q.seq = s.seq")
+    assert len(linked) == 5
+    assert [r.key for r in await store.oldest(10)] == [(d, s) for _, d, s in queued]
+    assert await store.ack([("bin-0002", big), ("env-0001", 1)]) == 2
+    assert store.depth == 3
+
+
+async def test_a_group_that_does_not_fit_is_taken_reading_by_reading(
+    tmp_path: Path, make_reading: Callable[..., Reading]
+) -> None:
+    async with Store(tmp_path / "q.db", max_readings=3, retry_after_s=5,
+                     dedup_window_s=100) as s:
+        assert await s.add_many([make_reading(seq=1), make_reading(seq=2)]) == ["new", "new"]
+        with pytest.raises(QueueFull):  # 2 + 3 > 3: what fits is stored, then full
+            await s.add_many([make_reading(seq=2), make_reading(seq=3), make_reading(seq=4)])
+        assert s.depth == 3
+        assert [r.seq for r in await s.oldest(10)] == [1, 2, 3]
+        assert await s.add_many([make_reading(seq=3)]) == ["duplicate"]
