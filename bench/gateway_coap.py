@@ -8,7 +8,8 @@ load generator (this process, pinned to CPU 1 when there is one):
            ``synchronous=FULL`` (group commit; every reading committed before its ACK),
            the CF 60 time payload in the 2.04. Its aiocoap context skips what bare pays
            per request for nothing (a ``%r`` of the request for a task name, the Site's
-           copy of the request, the method dispatch): ingress/coap.py;
+           copy of the request, the method dispatch), leaves no reference cycle per
+           request and keeps its duplicate cache as bytes: ingress/coap.py;
 - echo:    a raw UDP socket answering every request with a pre-built 2.04 ACK: no CoAP
            library, so its rate is the load generator's own ceiling.
 
@@ -25,7 +26,8 @@ protocol's "several readings in one pack": a node catching up on its backlog).
 level; fresh servers for each level; ``MACHI_BENCH_ROUNDS``, default 1, repeats the whole
 run and prints medians: on a shared machine single runs move by ±30 %); ``... profile``
 profiles the gateway process (cProfile, main thread) and prints the top functions;
-``... steady`` keeps one gateway loaded with 10-packs for 8 x 5 s and prints each window.
+``... steady`` keeps one gateway loaded with 10-packs for 8 x 5 s and prints each window
+(with the server's resident memory: the duplicate cache grows for EXCHANGE_LIFETIME).
 """
 
 from __future__ import annotations
@@ -351,6 +353,15 @@ def run() -> None:
           "measurements, ~660 B")
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
 def steady(windows: int = 8, seconds: float = 5.0) -> None:
     """One gateway under 10-packs at 64 in flight for ``windows`` x ``seconds``: how the
     rate and the tail latency move while the process stays loaded."""
@@ -364,7 +375,8 @@ def steady(windows: int = 8, seconds: float = 5.0) -> None:
                 r = measure(proc, port, 64, seconds, _SEQ_BASE + w * 10**8, tpl)
                 print(f"window {w + 1} ({seconds:.0f} s): {r['rate']:.0f} req/s, "
                       f"{r['readings']:.0f} readings/s, p50 {r['p50_ms']:.1f} ms, "
-                      f"p99 {r['p99_ms']:.1f} ms, {r['cpu_us']:.0f} CPU us/req")
+                      f"p99 {r['p99_ms']:.1f} ms, {r['cpu_us']:.0f} CPU us/req, "
+                      f"RSS {rss_mib(proc.pid):.0f} MiB")
         finally:
             proc.terminate()
             proc.wait(10)
@@ -408,14 +420,18 @@ def main() -> int:
             asyncio.run(serve(args.serve, args.ready, args.data))
             return 0
         prof = cProfile.Profile()
-        prof.enable()
-        try:
-            asyncio.run(serve(args.serve, args.ready, args.data))
-        except KeyboardInterrupt:
-            pass
-        finally:
+
+        def dump(signum: int, frame: Any) -> None:
+            # dump and leave at once: a graceful shutdown of a server that was just
+            # loaded can outlast the caller's wait, and only the profile is wanted here
             prof.disable()
             prof.dump_stats(str(args.profile))
+            os._exit(0)
+
+        signal.signal(signal.SIGINT, dump)
+        signal.signal(signal.SIGTERM, dump)
+        prof.enable()
+        asyncio.run(serve(args.serve, args.ready, args.data))
         return 0
     if args.what == "profile":
         profile()
