@@ -276,7 +276,7 @@ class Store:
                 room = self.max_readings if over is None else 0
                 rows: list[tuple[Any, ...]] = []  # queue rows, inserted at once after the loop
                 rest: Sequence[Reading] = readings  # those left for the loop below
-                if depth + len(readings) <= room:
+                if _GROUP_INSERT and depth + len(readings) <= room:
                     # Room for all (the common case): one statement for the group's
                     # identities instead of one per reading (_INSERT_SEEN_ALL).
                     rows, results, depth = self._add_all(db, readings, now, qid, depth)
@@ -450,6 +450,9 @@ class Store:
         return await self._run(job)
 
 
+# RETURNING needs SQLite 3.35 and ->> 3.38 (Debian bookworm has 3.40; bullseye, still on
+# many Raspberry Pis, 3.34): older libraries take the per-reading path.
+_GROUP_INSERT = sqlite3.sqlite_version_info >= (3, 38, 0)
 _INSERT_SEEN = "INSERT OR IGNORE INTO seen (device, seq, at, qid) VALUES (?, ?, ?, ?)"
 # A group's identities from one JSON array of [device, seq] (json_each's key is the
 # index k): INSERT OR IGNORE inserts a key already seen, or twice in the array, at most

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from machi_gateway import store as store_module
 from machi_gateway.errors import QueueFull
 from machi_gateway.model import Reading
 from machi_gateway.store import DeadLetter, Store
@@ -238,12 +239,18 @@ async def test_queued_readings_written_by_an_older_gateway_are_linked_at_open(
         assert s.depth == 0
 
 
+@pytest.mark.parametrize("group_insert", [True, False], ids=["one-statement", "per-reading"])
 async def test_a_group_with_duplicates_inside_and_across(
-    store: Store, make_reading: Callable[..., Reading]
+    store: Store, make_reading: Callable[..., Reading], group_insert: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """One group (the batched seen insert): a key already stored and a key twice in the
-    group are duplicates, the first occurrence new; every new seen row names its queue
-    row, and the ids stay unique and increasing across groups (a duplicate's id unused)."""
+    """One group (the batched seen insert, or the per-reading path SQLite < 3.38 takes):
+    a key already stored and a key twice in the group are duplicates, the first
+    occurrence new; every new seen row names its queue row, and the ids stay unique and
+    increasing across groups (a duplicate's id unused)."""
+    if group_insert and not store_module._GROUP_INSERT:
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} < 3.38 has no one-statement path")
+    monkeypatch.setattr(store_module, "_GROUP_INSERT", group_insert)
     await store.add(make_reading(seq=2))
     big = 2**63 - 1  # the largest seq: through JSON and back without loss
     group = [make_reading(seq=1), make_reading(seq=2), make_reading(seq=3),
