@@ -19,8 +19,10 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from itertools import islice, repeat
+from typing import Any, NamedTuple, overload
 
 import cbor2
 
@@ -67,13 +69,90 @@ class Rejection(NamedTuple):
     reason: str
 
 
+_new = tuple.__new__
+
+
+class ReadingColumns(Sequence[Reading]):
+    """Valid readings with plain numbers only, held column by column as the fast lane
+    checked them (`fastbatch._whole_batch`), in batch order: a `Sequence[Reading]` whose
+    `Reading`s are built only if someone looks at one, so a storage that can take the
+    columns as they are (`storage.rows.SortedColumns`) never pays for them.
+
+    `devices` .. `transports` have one entry per reading; `names`, `units`, `values`
+    one per measurement, reading after reading, `lens[i]` of them for reading i (every
+    value an int or a float, no metric twice in a reading). Only the fast lane builds it,
+    after validating every field as `_reading` would; equal to any sequence of the same
+    readings."""
+
+    __slots__ = (
+        "_readings", "devices", "lens", "names", "received", "seqs", "times", "transports",
+        "units", "values",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        devices: list[str],
+        seqs: list[int],
+        times: list[int | float],
+        received: list[int | float | None],
+        transports: list[str],
+        names: list[str],
+        units: list[str | None],
+        values: list[int | float],
+        lens: list[int],
+    ) -> None:
+        self.devices, self.seqs, self.times = devices, seqs, times
+        self.received, self.transports = received, transports
+        self.names, self.units, self.values, self.lens = names, units, values, lens
+        self._readings: tuple[Reading, ...] | None = None
+
+    def readings(self) -> tuple[Reading, ...]:
+        """The readings as `Reading`s (built once, on first use)."""
+        if self._readings is None:
+            values = zip(self.names, self.units, self.values, strict=True)
+            it = map(_new, repeat(Measurement), values)
+            groups = [tuple(islice(it, k)) for k in self.lens]
+            fields = (self.devices, self.seqs, self.times, self.received, self.transports)
+            self._readings = tuple(
+                map(_new, repeat(Reading), zip(*fields, groups, strict=True))
+            )
+        return self._readings
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    @overload
+    def __getitem__(self, index: int) -> Reading: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Reading, ...]: ...
+    def __getitem__(self, index: int | slice) -> Reading | tuple[Reading, ...]:
+        return self.readings()[index]
+
+    def __iter__(self) -> Iterator[Reading]:
+        return iter(self.readings())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ReadingColumns):
+            other = other.readings()
+        if isinstance(other, tuple):
+            return self.readings() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ReadingColumns({self.readings()!r})"
+
+
 @dataclass(frozen=True)
 class Batch:
-    """A well-formed batch: the readings to store and those rejected on validation."""
+    """A well-formed batch: the readings to store and those rejected on validation.
+
+    `readings` is a tuple, or `ReadingColumns` from the fast lane (equal to the tuple)."""
 
     gateway: str
     batch_id: str
-    readings: tuple[Reading, ...]
+    readings: Sequence[Reading]
     rejected: tuple[Rejection, ...]
 
     def __post_init__(self) -> None:
