@@ -17,11 +17,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain
 from types import TracebackType
 from typing import Any, NamedTuple, Self
+
+import cbor2
 
 from ..batch import Reading, Rejection, Value
 from ..errors import NotSupported
@@ -75,6 +80,27 @@ class BatchResult:
             ],
         }
 
+    def encode(self) -> bytes:
+        """`cbor2.dumps(self.answer())`, the same bytes, cheaper: cbor2 costs ~0.4 us per
+        array, so the `acked` pairs are put together from one encoding of their seqs
+        (`_encode_acked`); the rest goes through cbor2 as is."""
+        acked = _encode_acked(self.acked)
+        if acked is None:
+            return cbor2.dumps(self.answer())
+        head = cbor2.dumps(
+            {"batch_id": self.batch_id, "stored": self.stored, "duplicates": self.duplicates}
+        )
+        tail = cbor2.dumps(
+            {
+                "rejected": [
+                    {"device": r.device, "seq": r.seq, "reason": r.reason}
+                    for r in self.rejected
+                ]
+            }
+        )
+        # a map of 3 and one of 1 (one-byte headers 0xa3, 0xa1) joined into one of 5
+        return b"\xa5" + head[1:] + _ACKED_KEY + acked + tail[1:]
+
     @classmethod
     def from_answer(cls, answer: Mapping[str, Any], *, replayed: bool) -> BatchResult:
         """Rebuild a result from a recorded `answer()`."""
@@ -88,6 +114,40 @@ class BatchResult:
             ),
             replayed=replayed,
         )
+
+
+_ACKED_KEY = cbor2.dumps("acked")
+# (lowest, end) of the unsigned integers whose CBOR encoding has 1, 2, 3, 5 or 9 bytes
+_UINT_SIZES = ((0, 24, 1), (24, 2**8, 2), (2**8, 2**16, 3), (2**16, 2**32, 5), (2**32, 2**64, 9))
+
+
+def _encode_acked(acked: Sequence[tuple[str, int]]) -> bytes | None:
+    """The CBOR array of `[device, seq]` arrays, as cbor2 encodes it, when every seq has
+    the same encoded size (the usual batch: seqs of one magnitude); else None. Built from
+    one cbor2 encoding of the seqs cut into equal pieces (one `struct` call) and each
+    device's encoding (behind the 2-array header) made once: no Python step per pair."""
+    if not acked:
+        return cbor2.dumps([])
+    devices, seqs = zip(*acked, strict=True)
+    if not set(map(type, seqs)) <= {int} or not set(map(type, devices)) <= {str}:
+        return None
+    low, high = min(seqs), max(seqs)
+    size = next((s for lo, end, s in _UINT_SIZES if lo <= low and high < end), 0)
+    if not size:
+        return None
+    encoded = cbor2.dumps(seqs)
+    start = len(encoded) - size * len(seqs)  # the array's header comes first
+    pieces = _pieces(size, len(seqs)).unpack_from(encoded, start)
+    pair = {d: b"\x82" + cbor2.dumps(d) for d in set(devices)}
+    return encoded[:start] + b"".join(
+        chain.from_iterable(zip(map(pair.__getitem__, devices), pieces, strict=True))
+    )
+
+
+@lru_cache(maxsize=64)
+def _pieces(size: int, n: int) -> struct.Struct:
+    """Cuts `n` pieces of `size` bytes."""
+    return struct.Struct(f"{size}s" * n)
 
 
 class Cursor(NamedTuple):
@@ -206,6 +266,8 @@ class Storage(ABC):
         `(gateway, batch_id)` seen before with the same `body_hash` returns the recorded
         answer with `replayed=True` and changes nothing; with another hash it raises
         `BatchConflict`. `rejected` (found by the parser) is recorded in the answer as is.
+        `readings` from the parser's fast lane is a `batch.ReadingColumns`: a backend may
+        write it from its columns (`rows.SortedColumns`, as SQLite does) or iterate it.
         """
 
     @abstractmethod

@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import cbor2
 
 from ..batch import Reading, Rejection, Value
 from ..errors import StorageUnavailable
@@ -339,7 +338,7 @@ class PostgresStorage(Storage):
             acked=p.acked,
             rejected=rejected,
         )
-        answer = cbor2.dumps(result.answer())
+        answer = result.encode()
         result = replace(result, encoded=answer)
         if not new:
             await conn.execute(_SET_ANSWER, gateway, batch_id, answer)

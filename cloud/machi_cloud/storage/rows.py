@@ -10,15 +10,16 @@ raise. Rows are any sequence (a `sqlite3` tuple or an `asyncpg.Record`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from operator import itemgetter
+from itertools import chain, compress, islice, repeat
+from operator import and_, eq, ge, itemgetter
 from typing import Any
 
 import cbor2
 
 from .. import audit
-from ..batch import Reading
+from ..batch import Reading, ReadingColumns
 from ..errors import BatchConflict, NotFound, ShortIdsExhausted
 from .base import BatchResult
 from .records import (
@@ -138,6 +139,140 @@ def device_rows(ordered: Sequence[Reading]) -> list[tuple[Any, ...]]:
         stats[2] = seq
         stats[3] += 1
     return [(d, *s) for d, s in devices.items()]
+
+
+def _picker(order: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """`pick(seq)`: the items of `seq` at the indices `order`, as a tuple (C-level)."""
+    if len(order) > 1:
+        return itemgetter(*order)
+    return lambda seq: tuple(seq[i] for i in order)
+
+
+class SortedColumns:
+    """What a storage derives from a batch's readings, taken from `ReadingColumns` with
+    no Python step per reading: its keys, and the readings in key order `(device, seq)`
+    as columns, each reading's measurements as `(device, seq, metric, unit, value)` rows.
+
+    `of(columns)` is None when the batch repeats a key (the generic path handles the
+    first-wins rule then). `only(keys)` keeps the readings with those keys (the new ones).
+    Every method gives what the per-reading helpers above give for the same readings
+    (`tests/test_storage_rows.py` compares them)."""
+
+    __slots__ = (
+        "acked", "devices", "groups", "received", "seqs", "times", "transports", "uniform",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        acked: tuple[tuple[str, int], ...],
+        columns: tuple[tuple[Any, ...], ...],
+        groups: tuple[tuple[tuple[Any, ...], ...], ...],
+        uniform: bool,
+    ) -> None:
+        self.acked = acked  # the keys in batch order
+        self.devices, self.seqs, self.times, self.received, self.transports = columns
+        self.groups = groups  # each reading's measurement rows, in key order
+        # every reading has the same metrics in the same order
+        self.uniform = uniform
+
+    @classmethod
+    def of(cls, c: ReadingColumns) -> SortedColumns | None:
+        n = len(c.devices)
+        acked = tuple(zip(c.devices, c.seqs, strict=True))
+        # a stable sort by device is key order when each device's seqs rise through the
+        # batch (the usual batch), and then no key is there twice
+        order = sorted(range(n), key=c.devices.__getitem__)
+        pick = _picker(order)
+        d_s, q_s = pick(c.devices), pick(c.seqs)
+        if any(map(and_, map(eq, d_s, d_s[1:]), map(ge, q_s, q_s[1:]))):
+            if len(dict.fromkeys(acked)) != n:
+                return None
+            order = sorted(range(n), key=acked.__getitem__)
+            pick = _picker(order)
+            d_s, q_s = pick(c.devices), pick(c.seqs)
+        per = set(c.lens)
+        groups: list[tuple[Any, ...]]
+        if len(per) == 1 and n:  # k each: each reading's device and seq k times over
+            k = c.lens[0]
+            devices: list[Any] = [None] * (n * k)
+            seqs: list[Any] = devices.copy()
+            for j in range(k):
+                devices[j::k] = c.devices
+                seqs[j::k] = c.seqs
+            flat = list(zip(devices, seqs, c.names, c.units, c.values, strict=True))
+            groups = list(zip(*[iter(flat)] * k, strict=True)) if k else [()] * n
+            uniform = all(len(set(c.names[j::k])) == 1 for j in range(k))
+        else:
+            flat = list(
+                zip(
+                    chain.from_iterable(map(repeat, c.devices, c.lens)),
+                    chain.from_iterable(map(repeat, c.seqs, c.lens)),
+                    c.names,
+                    c.units,
+                    c.values,
+                    strict=True,
+                )
+            )
+            it = iter(flat)
+            groups = [tuple(islice(it, k)) for k in c.lens]
+            uniform = not n
+        columns = (d_s, q_s, pick(c.times), pick(c.received), pick(c.transports))
+        return cls(acked, columns, pick(groups), uniform)
+
+    def only(self, keys: Iterable[tuple[str, int]]) -> SortedColumns:
+        """The readings whose key is in `keys`, in the same order."""
+        wanted = set(keys)
+        mask = list(map(wanted.__contains__, zip(self.devices, self.seqs, strict=True)))
+        columns = (self.devices, self.seqs, self.times, self.received, self.transports)
+        kept = tuple(tuple(compress(col, mask)) for col in columns)
+        groups = tuple(compress(self.groups, mask))
+        return SortedColumns(self.acked, kept, groups, self.uniform)
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def sample_rows(self, *extra: Any) -> list[tuple[Any, ...]]:
+        """`(device, seq, time, received, transport, *extra)` per reading."""
+        columns = (self.devices, self.seqs, self.times, self.received, self.transports)
+        return list(zip(*columns, *map(repeat, extra)))  # noqa: B905 (repeat is endless)
+
+    def measurement_rows(self) -> list[tuple[Any, ...]]:
+        """`(device, seq, metric, unit, value)` per measurement, as in `ordered` readings."""
+        return list(chain.from_iterable(self.groups))
+
+    def latest_rows(self) -> list[tuple[Any, ...]]:
+        """`(device, metric, seq, time, unit, value)` of the newest measurement per
+        (device, metric), ordered as `newest` orders them."""
+        if self.uniform:  # the newest reading of each device has them all
+            last = dict(zip(self.devices, range(len(self.devices)), strict=True))
+            times, groups = self.times, self.groups
+            return [
+                (d, n, q, times[i], u, v) for i in last.values() for d, q, n, u, v in groups[i]
+            ]
+        times_of = dict(zip(zip(self.devices, self.seqs, strict=True), self.times, strict=True))
+        return [
+            (d, n, q, times_of[d, q], u, v)
+            for d, q, n, u, v in newest(self.measurement_rows()).values()
+        ]
+
+    def device_rows(self) -> list[tuple[Any, ...]]:
+        """As `device_rows` of the same readings in key order."""
+        received = self.received
+        if None not in received:
+            seen: Sequence[Any] = received
+        elif received.count(None) == len(received):
+            seen = self.times
+        else:
+            seen = [t if rc is None else rc for t, rc in zip(self.times, received, strict=True)]
+        devices, seqs = self.devices, self.seqs
+        last = dict(zip(devices, range(len(devices)), strict=True))
+        out = []
+        first = 0  # in key order each device's readings follow one another
+        for d, i in last.items():
+            mine = seen[first : i + 1]
+            out.append((d, min(mine), max(mine), seqs[i], i + 1 - first))
+            first = i + 1
+        return out
 
 
 # -- audit ------------------------------------------------------------------------------------

@@ -29,9 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cbor2
-
-from ..batch import Reading, Rejection, Value
+from ..batch import Reading, ReadingColumns, Rejection, Value
 from ..errors import StorageUnavailable
 from . import rows
 from . import sqlite_control as control
@@ -110,7 +108,7 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 
 _INSERT_SAMPLE = (
-    "INSERT INTO samples (device, seq, time, received, gateway, transport, batch_id, ingested)"
+    "INSERT INTO samples (device, seq, time, received, transport, gateway, batch_id, ingested)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING"
 )
 # a sample row with this batch's (gateway, batch_id) was written by this transaction
@@ -290,7 +288,10 @@ class SQLiteStorage(Storage):
         """One transaction. Samples go in with `ON CONFLICT DO NOTHING`; when the change
         count says every reading was new (the usual case) no lookup is needed, else the
         rows this batch wrote are those carrying its (gateway, batch_id), which no earlier
-        batch can have (its `batches` row would exist and this would be a replay)."""
+        batch can have (its `batches` row would exist and this would be a replay).
+        A fast-lane batch (`ReadingColumns`) is written from its columns, any other from
+        its readings: the same rows either way."""
+        columns = rows.SortedColumns.of(readings) if type(readings) is ReadingColumns else None
         conn.execute("BEGIN IMMEDIATE")
         row = conn.execute(
             "SELECT body_sha256, answer FROM batches WHERE gateway = ? AND batch_id = ?",
@@ -300,13 +301,62 @@ class SQLiteStorage(Storage):
             conn.rollback()
             return rows.replayed(gateway, batch_id, body_hash, row[0], row[1])
 
+        now = time.time()
+        if columns is not None:
+            stored = self._insert_columns(conn, gateway, batch_id, now, columns)
+            acked = columns.acked
+        else:
+            stored, acked = self._insert_readings(conn, gateway, batch_id, now, readings)
+        result = BatchResult(
+            batch_id=batch_id,
+            stored=stored,
+            duplicates=len(readings) - stored,
+            acked=acked,
+            rejected=rejected,
+        )
+        answer = result.encode()
+        conn.execute(
+            "INSERT INTO batches (gateway, batch_id, body_sha256, answer, created)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (gateway, batch_id, body_hash, answer, now),
+        )
+        conn.commit()
+        return replace(result, encoded=answer)
+
+    @staticmethod
+    def _insert_columns(
+        conn: sqlite3.Connection, gateway: str, batch_id: str, now: float, c: rows.SortedColumns
+    ) -> int:
+        """The rows of a batch of plain numbers (its keys distinct) taken from its columns,
+        as `_insert_readings` writes them; how many readings were new."""
+        before = conn.total_changes
+        conn.executemany(_INSERT_SAMPLE, c.sample_rows(gateway, batch_id, now))
+        if conn.total_changes - before != len(c):
+            c = c.only(
+                key
+                for key in zip(c.devices, c.seqs, strict=True)
+                if conn.execute(_MINE, (*key, gateway, batch_id)).fetchone() is not None
+            )
+        conn.executemany(_INSERT_NUMBER, c.measurement_rows())
+        conn.executemany(_UPSERT_LATEST, [(*r, None, None) for r in c.latest_rows()])
+        conn.executemany(_UPSERT_DEVICE, c.device_rows())
+        return len(c)
+
+    @staticmethod
+    def _insert_readings(
+        conn: sqlite3.Connection,
+        gateway: str,
+        batch_id: str,
+        now: float,
+        readings: Sequence[Reading],
+    ) -> tuple[int, tuple[tuple[str, int], ...]]:
+        """Any batch's rows; (how many readings were new, the acked keys)."""
         unique = rows.first_of_each(readings)
         ordered = rows.in_key_order(unique)
-        now = time.time()
         before = conn.total_changes
         conn.executemany(
             _INSERT_SAMPLE,
-            [(d, q, t, rc, gateway, tr, batch_id, now) for d, q, t, rc, tr, _ in ordered],
+            [(d, q, t, rc, tr, gateway, batch_id, now) for d, q, t, rc, tr, _ in ordered],
         )
         new = unique
         if conn.total_changes - before != len(unique):
@@ -330,21 +380,7 @@ class SQLiteStorage(Storage):
             ],
         )
         conn.executemany(_UPSERT_DEVICE, rows.device_rows(ordered))
-        result = BatchResult(
-            batch_id=batch_id,
-            stored=len(new),
-            duplicates=len(readings) - len(new),
-            acked=tuple(unique),
-            rejected=rejected,
-        )
-        answer = cbor2.dumps(result.answer())
-        conn.execute(
-            "INSERT INTO batches (gateway, batch_id, body_sha256, answer, created)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (gateway, batch_id, body_hash, answer, now),
-        )
-        conn.commit()
-        return replace(result, encoded=answer)
+        return len(new), tuple(unique)
 
     # -- queries -----------------------------------------------------------------------
 

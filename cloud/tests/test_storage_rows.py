@@ -1,0 +1,180 @@
+"""The column path of ingest gives what the reading path gives.
+
+A fast-lane batch (`batch.ReadingColumns`) is written by SQLite from its columns
+(`storage.rows.SortedColumns`), any other batch from its `Reading`s (`rows.first_of_each`,
+`in_key_order`, `newest`, `device_rows`); the answer is encoded by `BatchResult.encode`
+instead of `cbor2.dumps(answer())`. Each pair is compared here on random batches: the same
+rows, the same order, the same value types, the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from machi_cloud import fastbatch
+from machi_cloud.batch import Reading, ReadingColumns, Rejection
+from machi_cloud.storage import rows
+from machi_cloud.storage.base import BatchResult
+from machi_cloud.storage.sqlite import SQLiteStorage
+
+T0 = 1795390000
+times = st.integers(T0, T0 + 100) | st.floats(T0, T0 + 100) | st.sampled_from([T0, float(T0)])
+measurement = st.fixed_dictionaries(
+    {"n": st.sampled_from(["temp", "hum", "bat"]), "v": st.integers(-5, 5) | st.floats(-1, 1)},
+    optional={"u": st.sampled_from(["Cel", "%RH"])},
+)
+reading = st.fixed_dictionaries(
+    {
+        "device": st.sampled_from(["env-0001", "env-0002", "bin-7", "a"]),
+        "seq": st.integers(0, 12) | st.sampled_from([2**40, 2**63 - 1]),
+        "time": times,
+        "m": st.lists(measurement, max_size=3, unique_by=lambda m: m["n"]),
+    },
+    optional={"received": times | st.none(), "transport": st.sampled_from(["coap", "lora"])},
+)
+uniform_m = st.sampled_from([[], ["temp"], ["temp", "hum"], ["hum", "temp"], ["a", "b", "c"]])
+
+
+@st.composite
+def batches(draw: Any) -> list[dict[str, Any]]:
+    """Numeric batches: random ones, and ones where every reading has the same metrics."""
+    items: list[dict[str, Any]] = draw(st.lists(reading, max_size=12))
+    if draw(st.booleans()):
+        names = draw(uniform_m)
+        for i, item in enumerate(items):
+            item["m"] = [{"n": n, "u": "u", "v": i + j * 0.5} for j, n in enumerate(names)]
+    return items
+
+
+def columns(items: list[dict[str, Any]]) -> ReadingColumns:
+    body = cbor2.dumps({"gateway": "gw-01", "batch_id": "b-1", "readings": items})
+    got = fastbatch.parse_batch(body, max_readings=100).readings
+    assert type(got) is ReadingColumns  # numeric batches take the whole-batch lane
+    return got
+
+
+def typed(value: Any) -> Any:
+    """`value` with every scalar tagged by its type (1, 1.0 and True must differ)."""
+    if isinstance(value, (list, tuple)):
+        return [typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(batches(), st.data())
+def test_sorted_columns_give_the_rows_of_the_readings(items: Any, data: st.DataObject) -> None:
+    cols = columns(items)
+    readings = tuple(cols)
+    unique = rows.first_of_each(readings)
+    c = rows.SortedColumns.of(cols)
+    if c is None:  # only a batch that repeats a key goes the reading way
+        assert len(unique) < len(readings)
+        return
+    assert len(unique) == len(readings)
+    ordered = rows.in_key_order(unique)
+    new = data.draw(st.sets(st.sampled_from(sorted(unique))) if unique else st.just(set()))
+    if data.draw(st.booleans()):  # some readings were in the database already
+        c = c.only(new)
+        ordered = [r for r in ordered if (r[0], r[1]) in new]
+    assert c.acked == tuple(unique)
+    assert len(c) == len(ordered)
+    assert typed(c.sample_rows("gw-01", "b-1", 1.5)) == typed(
+        [(d, q, t, rc, tr, "gw-01", "b-1", 1.5) for d, q, t, rc, tr, _ in ordered]
+    )
+    ms = [(d, q, n, u, v) for d, q, _, _, _, m in ordered for n, u, v in m]
+    assert typed(c.measurement_rows()) == typed(ms)
+    time_of = {(r[0], r[1]): r[2] for r in ordered}
+    assert typed(c.latest_rows()) == typed(
+        [(d, n, q, time_of[d, q], u, v) for d, q, n, u, v in rows.newest(ms).values()]
+    )
+    assert typed(c.device_rows()) == typed(rows.device_rows(ordered))
+
+
+def test_reading_columns_are_the_readings() -> None:
+    items = [
+        {"device": "env-0001", "seq": 3, "time": T0, "m": [{"n": "t", "v": 1}]},
+        {"device": "env-0001", "seq": 1, "time": T0 + 0.5, "received": T0 + 1, "m": []},
+    ]
+    cols = columns(items)
+    want = (
+        Reading("env-0001", 3, T0, None, "unknown", (("t", None, 1),)),  # type: ignore[arg-type]
+        Reading("env-0001", 1, T0 + 0.5, T0 + 1, "unknown", ()),
+    )
+    assert cols == want and want == cols and len(cols) == 2
+    assert cols[1] == want[1] and list(cols) == list(want) and cols[:1] == want[:1]
+    assert cols != want[:1] and cols != list(want)
+
+
+seqs = st.integers(0, 2**64 - 1) | st.sampled_from([0, 23, 24, 255, 256, 2**16, 2**32])
+keys = st.tuples(st.text(max_size=30), seqs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(keys, max_size=40) | st.lists(st.tuples(st.text(max_size=3), st.integers(300, 400))),
+    st.lists(st.builds(Rejection, st.text(max_size=5), seqs, st.text(max_size=20)), max_size=2),
+    st.integers(0, 2**40),
+)
+def test_encoded_answer_is_cbor2s(
+    acked: list[tuple[str, int]], rejected: list[Rejection], stored: int
+) -> None:
+    r = BatchResult("b-1", stored, 3, tuple(acked), tuple(rejected))
+    assert r.encode() == cbor2.dumps(r.answer())
+
+
+def dump(path: Path) -> dict[str, list[Any]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            "samples": typed(
+                conn.execute(
+                    "SELECT device, seq, time, received, gateway, transport, batch_id"
+                    " FROM samples ORDER BY device, seq"
+                ).fetchall()
+            ),
+            **{
+                table: typed(conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall())
+                for table in ("measurements", "latest", "devices")
+            },
+            "batches": conn.execute(
+                "SELECT gateway, batch_id, answer FROM batches ORDER BY 1, 2"
+            ).fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(batches(), min_size=1, max_size=4))
+def test_sqlite_stores_columns_as_it_stores_readings(batch_list: list[Any]) -> None:
+    """Batches overlapping in keys (duplicates, first content wins), through the column
+    path into one database and as plain `Reading`s into another: the same tables."""
+    with tempfile.TemporaryDirectory() as tmp:
+        got = [
+            asyncio.run(store_all(Path(tmp) / f"{kind}.sqlite", batch_list, kind == "columns"))
+            for kind in ("columns", "readings")
+        ]
+    assert got[0] == got[1]
+
+
+async def store_all(path: Path, batch_list: list[Any], as_columns: bool) -> Any:
+    async with SQLiteStorage(path) as storage:
+        answers = []
+        for n, items in enumerate(batch_list):
+            cols = columns(items)
+            result = await storage.store_batch(
+                gateway="gw-01",
+                batch_id=f"b-{n}",
+                body_hash=bytes(32),
+                readings=cols if as_columns else tuple(cols),
+            )
+            answers.append((result, result.encoded))
+    return answers, dump(path)
