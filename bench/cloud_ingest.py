@@ -12,7 +12,8 @@ each, 50 devices) are stored three ways in the same run:
 - http:    the same against a real `machi-cloud` process (uvicorn, 127.0.0.1) pinned to
            the other CPU, this process being the client;
 - paired:  (SQLite) raw and api alternating batch by batch on two fresh databases, so
-           both meet the same moments of the shared disk: the steadier ratio.
+           both meet the same moments of the shared disk: the steadier ratio
+           (`python -m bench.cloud_ingest paired` runs only this one: the quick check).
 
 The process is pinned to one CPU (PostgreSQL's own processes are not). PostgreSQL runs as
 a throwaway durable server (fsync on) started by `machi_cloud.storage.pgserver`.
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import cProfile
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -181,7 +183,15 @@ async def through_storage(storage: Storage, batches: list[Batch], raw: list[byte
 async def api_poster(
     storage: Storage, tmp: Path
 ) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
-    """`post(body)`: one `POST /v1/batches` through the ASGI app in this process."""
+    """`post(body)`: one `POST /v1/batches` through the ASGI app in this process.
+
+    httpx's `ASGITransport` tries `import sniffio` on every request (to detect trio);
+    without sniffio installed, each failed import scans `sys.path` on disk (~0.2 ms, 0.4 us
+    per reading of a 500-reading batch): a cost of this test client, not of the service,
+    so the failed lookup is recorded once (`sys.modules[name] = None`: the import then
+    fails at once, as it would anyway)."""
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
     settings = Settings(
         db=tmp / "unused.sqlite", gateway_tokens=GatewayTokens.from_mapping({"gw-01": TOKEN})
     )
@@ -432,8 +442,27 @@ def run() -> dict[str, float]:
     return asyncio.run(amain(readings - readings % BATCH, repeat=repeat))
 
 
+async def paired_only(readings: int, repeat: int) -> float:
+    """Only the SQLite paired measurement (`python -m bench.cloud_ingest paired`): the
+    quick before/after check, e.g. against an older tree with `PYTHONPATH=<tree>/cloud`."""
+    raw = bodies(readings)
+    batches = [parse_batch(b, max_readings=5000) for b in raw]
+    freeze_startup_objects()
+    print(f"  {pin_to_one_cpu()}; {readings} readings per run, batches of {BATCH}")
+    with tempfile.TemporaryDirectory(prefix="machi-bench-") as tmp:
+        raw_rate, api_rate, ratio = await paired_sqlite(Path(tmp), raw, batches, repeat)
+    print(
+        f"  sqlite    paired, batch by batch: raw {raw_rate:8,.0f}/s"
+        f"   api {api_rate:8,.0f}/s   api / raw {ratio:4.0%} (median of {repeat})"
+    )
+    return ratio
+
+
 if __name__ == "__main__":
+    n = int(os.environ.get("MACHI_BENCH_READINGS", "20000"))
     if sys.argv[1:] == ["profile"]:
-        profile(int(os.environ.get("MACHI_BENCH_READINGS", "20000")))
+        profile(n)
+    elif sys.argv[1:] == ["paired"]:
+        asyncio.run(paired_only(n - n % BATCH, int(os.environ.get("MACHI_BENCH_REPEAT", "3"))))
     else:
         run()
