@@ -94,7 +94,9 @@ async def test_heap_per_app(micropython: str, tmp_path: Path) -> None:
     for attempt in range(10):  # a free port may be taken by another process meanwhile
         port = free_udp_port()
         try:
-            ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
+            # UDP only, as the gateway binds: the default transports also take TCP ports
+            ctx = await aiocoap.Context.create_server_context(
+                site, bind=("127.0.0.1", port), transports=["udp6"])
             break
         except OSError:
             if attempt == 9:

@@ -80,7 +80,11 @@ class Server:
     async def start(self) -> None:
         site = aiocoap.resource.Site()
         site.add_resource(["r"], self.resource)
-        self.ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", self.port))
+        # UDP only, as the gateway binds (ingress/coap.py): aiocoap's default transports
+        # would also listen on TCP `port` and `port` + 3000 (WebSocket), which the UDP port
+        # check of free_udp_port() never looked at ("address already in use" in CI)
+        self.ctx = await aiocoap.Context.create_server_context(
+            site, bind=("127.0.0.1", self.port), transports=["udp6"])
 
     async def stop(self) -> None:
         if self.ctx is not None:

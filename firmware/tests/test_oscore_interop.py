@@ -241,7 +241,10 @@ async def aiocoap_oscore_server(
     credentials = aiocoap.credentials.CredentialsMap()
     credentials.load_from_dict({":node": {"oscore": {"basedir": str(context_dir) + "/"}}})
     ctx = await aiocoap.Context.create_server_context(
-        OscoreSiteWrapper(site, credentials), bind=("127.0.0.1", port)
+        OscoreSiteWrapper(site, credentials), bind=("127.0.0.1", port),
+        # UDP only, as the gateway binds: aiocoap's default transports would also listen on
+        # TCP `port` and `port` + 3000 (WebSocket), which free_udp_port() never checked
+        transports=["udp6"],
     )
     try:
         yield ctx
