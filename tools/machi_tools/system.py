@@ -252,6 +252,11 @@ class Gateway:
     # long-poll the cloud for commands and deliver them in the nodes' ACKs (C2/C3)
     downlink: bool = False
     downlink_idle_s: float = 0.5
+    # the long-poll wait the gateway asks of the cloud ([downlink] wait_s, 0..30 s). Short:
+    # the cloud finishes a held long-poll before it exits, so stopping the whole system
+    # (a test's teardown, the demo's Ctrl-C) waited up to this long (it was 10 s); a
+    # command created meanwhile still ends the wait at once
+    downlink_wait_s: int = 2
     # the Semtech UDP packet-forwarder server, for LoRa nodes behind a virtual concentrator
     lora_udp: bool = False
     lora_port: int = 0
@@ -312,7 +317,7 @@ class Gateway:
                     *(["[cloud]", *([f'ca_file = "{self.ca_file}"'] if self.ca_file else []),
                        f"pin_sha256 = {json.dumps(list(self.pins))}"]
                       if self.ca_file or self.pins else []),
-                    *(["[downlink]", "enabled = true", "wait_s = 10",
+                    *(["[downlink]", "enabled = true", f"wait_s = {self.downlink_wait_s}",
                        f"idle_s = {self.downlink_idle_s}"] if self.downlink else []),
                     *(["[lora_udp]", "enabled = true", 'host = "127.0.0.1"',
                        f"port = {self.lora_port}", "confirm = true"] if self.lora_udp else []),
