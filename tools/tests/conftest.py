@@ -136,3 +136,22 @@ def unix_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("build") / "unix"
     build("unix", out)
     return out
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One finished `machi demo` run: its exit code, output and working directory."""
+
+    returncode: int
+    out: str
+    workdir: Path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """`machi demo --duration 25`, run once for the session: test_cli.py checks what a
+    person sees (every node within 30 s, a clean stop) and test_demo_oscore.py that it ran
+    OSCORE end to end, on the same run (each run takes its whole --duration)."""
+    workdir = tmp_path_factory.mktemp("demo")
+    result = _run_machi("demo", "--duration", "25", "--workdir", str(workdir))
+    return DemoRun(result.returncode, result.stdout + result.stderr, workdir)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,10 +23,9 @@ def run_machi(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
     )
 
 
-def test_demo_shows_every_node_within_30_seconds_and_stops_cleanly(tmp_path: Path) -> None:
-    result = run_machi("demo", "--duration", "25", "--workdir", str(tmp_path))
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
+def test_demo_shows_every_node_within_30_seconds_and_stops_cleanly(demo_run: Any) -> None:
+    out, tmp_path = demo_run.out, demo_run.workdir
+    assert demo_run.returncode == 0, out
     assert "8/8 nodes reporting" in out, out
     took = float(re.search(r"all nodes reached the cloud in ([\d.]+)s", out)[1])  # type: ignore[index]
     assert took < 30, out

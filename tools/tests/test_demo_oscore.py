@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from machi_tools.procs import executable
 from machi_tools.system import NodeSpec, fleet_short_id, fleet_specs
 
 
-def test_demo_nodes_talk_oscore_to_a_gateway_that_requires_it(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [executable("machi"), "demo", "--duration", "20", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=180, check=False,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "TERM": "dumb"})
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
+def test_demo_nodes_talk_oscore_to_a_gateway_that_requires_it(demo_run: Any) -> None:
+    # the demo run of test_cli.py's test (a session fixture: one `machi demo` for both)
+    out, tmp_path = demo_run.out, demo_run.workdir
+    assert demo_run.returncode == 0, out
     assert "OSCORE on" in out and "8/8 nodes reporting" in out, out
     assert 'oscore = "required"' in (tmp_path / "gateway.toml").read_text()
     registry = {d["id"]: d for d in json.loads((tmp_path / "devices.json").read_text())["devices"]}
