@@ -170,6 +170,10 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return run_demo(options, console)
 
 
+#: the gateway checks its devices file each second (gateway/machi_gateway/registry.py)
+REGISTRY_SETTLE_S = 1.5
+
+
 def cmd_fleet(args: argparse.Namespace, console: Console) -> int:
     from .system import CoapProfile, Fleet, mix_specs, start_fault_proxy, write_devices_file
 
@@ -190,7 +194,12 @@ def cmd_fleet(args: argparse.Namespace, console: Console) -> int:
         return 2
     if args.devices_file:
         write_devices_file(args.devices_file, specs)
-        console.print(f"device registry written to {args.devices_file}")
+        console.print(f"device registry written to {args.devices_file}; waiting "
+                      f"{REGISTRY_SETTLE_S:g} s for the gateway to load it")
+        # A node whose first request came before the gateway re-read the file got 4.01
+        # (unprotected, under OSCORE), and CoAP deduplication answers its retransmissions
+        # the same way: it waited out its whole retransmission window (93 s by default).
+        time.sleep(REGISTRY_SETTLE_S)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     target, proxy = args.gateway, None
