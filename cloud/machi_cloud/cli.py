@@ -25,6 +25,7 @@ from pathlib import Path
 import uvicorn
 
 from .app import create_app, freeze_startup_objects
+from .commands import app_wakeups
 from .errors import StorageUnavailable
 from .settings import (
     API_TOKENS_ENV,
@@ -259,9 +260,17 @@ async def _serve(
             write_ready_file(ready_file, url)
         log.info("machi-cloud listening on %s (db %s)", url, where)
 
+    async def end_long_polls_on_stop() -> None:
+        # uvicorn lets open requests finish before it stops (up to
+        # timeout_graceful_shutdown): a gateway's held long-poll would hold the stop
+        while not (server.should_exit or serving.done()):  # noqa: ASYNC110 (plain flags)
+            await asyncio.sleep(0.1)
+        app_wakeups(app).close()
+
     async with asyncio.TaskGroup() as tasks:
         serving = tasks.create_task(server.serve(sockets=[sock]))
         tasks.create_task(announce())
+        tasks.create_task(end_long_polls_on_stop())
         await serving
     if not server.started:
         raise SystemExit("machi-cloud did not start (see the log above)")

@@ -129,6 +129,7 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self.closing = False
 
     def event(self, gateway: str) -> asyncio.Event:
         return self._events.setdefault(gateway, asyncio.Event())
@@ -138,12 +139,25 @@ class Wakeups:
         if event is not None:
             event.set()
 
+    def close(self) -> None:
+        """The service is stopping: every long-poll answers what it has now, instead of
+        holding the stop for up to MAX_WAIT_S (the server waits for open requests)."""
+        self.closing = True
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
+
+
+def app_wakeups(app: Any) -> Wakeups:
+    """The app's `Wakeups` (made on first use)."""
+    w: Wakeups | None = getattr(app.state, "wakeups", None)
+    if w is None:
+        w = app.state.wakeups = Wakeups()
+    return w
+
 
 def wakeups(request: Request) -> Wakeups:
-    w: Wakeups | None = getattr(request.app.state, "wakeups", None)
-    if w is None:
-        w = request.app.state.wakeups = Wakeups()
-    return w
+    return app_wakeups(request.app)
 
 
 @router.post("/v1/commands", summary="Queue a command for a device (operator)", status_code=201)
@@ -231,7 +245,7 @@ async def gateway_commands(
             CommandQuery(gateway=who.name, pending_at=time.time(), limit=100)
         )
         remaining = deadline - time.monotonic()
-        if pending or remaining <= 0:
+        if pending or remaining <= 0 or wakeups(request).closing:
             break
         try:
             await asyncio.wait_for(event.wait(), min(recheck, remaining))

@@ -7,6 +7,8 @@ import gc
 import os
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,3 +109,43 @@ async def test_app_lifespan_refuses_an_unreachable_database_with_a_clear_error(
         caught.value.detail
     )
     assert "hunter2" not in caught.value.detail
+
+
+def test_a_stop_ends_a_held_long_poll_at_once(
+    tmp_path: Path, start_cloud: Start, wait_ready: Ready
+) -> None:
+    """SIGTERM while a gateway long-polls for commands: the poll is answered (no commands)
+    and the process exits 0, instead of the stop waiting for the poll (uvicorn lets open
+    requests finish) and then cutting it off unanswered after its graceful timeout."""
+    ready = tmp_path / "cloud.ready"
+    log = tmp_path / "cloud.log"
+    env = {**os.environ, "MACHI_CLOUD_GATEWAY_TOKENS": "gw-01=proc-secret"}
+    proc = start_cloud(["--db", str(tmp_path / "c.sqlite")], ready, log, env)
+    try:
+        url = wait_ready(proc, ready, log, 30)["url"]
+        answers: list[httpx.Response] = []
+
+        def poll() -> None:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                answers.append(client.get(
+                    "/v1/gateways/gw-01/commands", params={"wait": 25},
+                    headers={"Authorization": "Bearer proc-secret"}))
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(1.0)  # the poll reaches the service and is held (wait=25)
+        assert poller.is_alive(), answers
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        poller.join(30)
+        assert len(answers) == 1
+        assert answers[0].status_code == 200, answers[0].text
+        assert answers[0].json()["commands"] == []
+        # well before the poll's 25 s and uvicorn's 10 s graceful timeout
+        assert time.monotonic() - started < 8, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+            print(log.read_text())
