@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiocoap
 import cbor2
 import pytest
+from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 
 from machi_gateway.core import Core
@@ -150,8 +152,8 @@ async def test_entries_expire_after_the_exchange_lifetime(
         assert len(mman._recent_messages) == len(mman._expiry) == 1
         # every entry's deadline has passed once the loop's clock is a lifetime further
         lifetime = TransportTuning().EXCHANGE_LIFETIME
-        now = mman.loop.time
-        monkeypatch.setattr(mman.loop, "time", lambda: now() + lifetime + 1)
+        now = mman._clock
+        monkeypatch.setattr(mman, "_clock", lambda: now() + lifetime + 1)
         [again] = await exchange(gw.port, [request], 1, s)
         assert again[1] == 0x44
         # the old entry is gone, the retransmission was a new request: the store said dup
@@ -159,6 +161,32 @@ async def test_entries_expire_after_the_exchange_lifetime(
         assert len(mman._recent_messages) == len(mman._expiry) == 1
         # entries hold the answer's bytes, no message object
         assert all(v is None or type(v) is bytes for v in mman._recent_messages.values())
+
+
+async def test_a_push_with_a_recent_request_id_leaves_its_answer_alone(gw: Gw) -> None:
+    """The gateway's own CON to a node (a downlink push) may draw the message id of that
+    node's last request: a retransmission of the request still gets the request's answer,
+    not the push (only ACK/RST answers are kept for duplicates)."""
+    ctx = gw.coap.context
+    assert ctx is not None
+    mman = gw.message_manager()
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        request = con_post(0x0777, b"\x01", [1])
+        [first] = await exchange(gw.port, [request], 1, s)
+        mman.message_id = 0x0777  # the next id the gateway draws for its own messages
+        push = ctx.request(aiocoap.Message(
+            code=Code.POST, uri=f"coap://127.0.0.1:{s.getsockname()[1]}/c", payload=b"cmd"),
+            handle_blockwise=False)
+        try:
+            pushed = await asyncio.wait_for(loop.sock_recv(s, 2048), 5)
+            assert pushed[0] >> 4 == 0x4 and pushed[2:4] == b"\x07\x77"  # CON, that id
+            [again] = await exchange(gw.port, [request], 1, s)
+            assert again == first
+        finally:
+            push.response.cancel()
 
 
 async def test_served_requests_leave_no_cyclic_garbage(gw: Gw) -> None:

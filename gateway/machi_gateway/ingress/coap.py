@@ -28,7 +28,7 @@ import aiocoap.resource
 from aiocoap.message import Direction
 from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.codes import Code
-from aiocoap.numbers.types import CON
+from aiocoap.numbers.types import ACK, CON, RST
 from aiocoap.pipe import Pipe, error_to_message, run_driving_pipe
 from aiocoap.tokenmanager import TokenManager
 from aiocoap.transports.udp6 import UDP6EndpointAddress
@@ -110,14 +110,17 @@ class _MessageManager(MessageManager):  # type: ignore[misc]  # untyped lib
     answer's encoded bytes under ``(address, message id)`` (no tracked object once the
     GC has seen it), and one FIFO of deadlines replaces the timers: entries are dropped
     in arrival order when the next request comes, before that request is looked up, so
-    a duplicate is recognised exactly as long as before. A duplicate's answer is decoded
-    from those bytes again (a rare path): the same bytes on the wire as before.
+    a duplicate is recognised exactly as long as before (an idle gateway keeps the last
+    lifetime's entries until traffic resumes: no more than that traffic left). A
+    duplicate's answer is decoded from those bytes again (a rare path): the same bytes
+    on the wire as before.
     """
 
     def __init__(self, token_manager: Any) -> None:
         super().__init__(token_manager)
         self._recent_messages: dict[Any, bytes | None] = {}
         self._expiry: collections.deque[tuple[float, Any]] = collections.deque()
+        self._clock = self.loop.time  # the loop's clock (a test moves this one alone)
 
     @staticmethod
     def _dedup_key(remote: Any, mid: int) -> Any:
@@ -130,7 +133,7 @@ class _MessageManager(MessageManager):  # type: ignore[misc]  # untyped lib
     def _deduplicate_message(self, message: aiocoap.Message) -> bool:
         recent = self._recent_messages
         expiry = self._expiry
-        now = self.loop.time()
+        now = self._clock()
         while expiry and expiry[0][0] <= now:
             del recent[expiry.popleft()[1]]
         key = self._dedup_key(message.remote, message.mid)
@@ -152,6 +155,11 @@ class _MessageManager(MessageManager):  # type: ignore[misc]  # untyped lib
         return False
 
     def _store_response_for_duplicates(self, message: aiocoap.Message) -> None:
+        # Only an ACK or RST carries the request's message id; any other message sent
+        # (a push request to a node, a separate response) has an id of the gateway's own,
+        # which may equal a node's recent request id and must not replace its answer.
+        if message.mtype is not ACK and message.mtype is not RST:
+            return
         key = self._dedup_key(message.remote, message.mid)
         if key in self._recent_messages:
             self._recent_messages[key] = message.encode()
