@@ -81,8 +81,8 @@ class ReadingColumns(Sequence[Reading]):
     `devices` .. `transports` have one entry per reading; `names`, `units`, `values`
     one per measurement, reading after reading, `lens[i]` of them for reading i (every
     value an int or a float, no metric twice in a reading). Only the fast lane builds it,
-    after validating every field as `_reading` would; equal to any sequence of the same
-    readings."""
+    after validating every field as `_reading` would; equal to the tuple of the same
+    readings (and unhashable, as a list is)."""
 
     __slots__ = (
         "_readings", "devices", "lens", "names", "received", "seqs", "times", "transports",

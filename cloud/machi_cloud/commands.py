@@ -141,7 +141,8 @@ class Wakeups:
 
     def close(self) -> None:
         """The service is stopping: every long-poll answers what it has now, instead of
-        holding the stop for up to MAX_WAIT_S (the server waits for open requests)."""
+        holding the stop (uvicorn waits for open requests, up to its graceful timeout, then
+        cuts them off with a 500)."""
         self.closing = True
         for event in self._events.values():
             event.set()

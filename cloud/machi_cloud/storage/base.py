@@ -144,7 +144,7 @@ def _encode_acked(acked: Sequence[tuple[str, int]]) -> bytes | None:
     )
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)  # a few batch lengths recur (one Struct is ~2 KB per 1,000 pieces)
 def _pieces(size: int, n: int) -> struct.Struct:
     """Cuts `n` pieces of `size` bytes."""
     return struct.Struct(f"{size}s" * n)
