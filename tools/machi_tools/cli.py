@@ -101,6 +101,10 @@ def _add_fleet_transports(p: argparse.ArgumentParser) -> None:
     f.add_argument("--seed", type=int, default=1, help="one seed for every fault (default 1)")
 
 
+#: the gateway checks its devices file each second (gateway/machi_gateway/registry.py)
+REGISTRY_SETTLE_S = 2.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="machi",
@@ -129,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="node configs, state and logs (default run/fleet)")
     fleet.add_argument("--devices-file", type=Path, default=None,
                        help="also write the gateway's device registry (JSON) here")
+    fleet.add_argument("--registry-wait", type=float, default=REGISTRY_SETTLE_S, metavar="S",
+                       help="seconds to wait after writing --devices-file, for the gateway "
+                            f"to load it (default {REGISTRY_SETTLE_S:g}; it checks each second)")
     fleet.add_argument("--ack-timeout", type=float, default=2.0,
                        help="CoAP ACK_TIMEOUT in seconds (default 2, RFC 7252)")
     _add_fleet_transports(fleet)
@@ -170,10 +177,6 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return run_demo(options, console)
 
 
-#: the gateway checks its devices file each second (gateway/machi_gateway/registry.py)
-REGISTRY_SETTLE_S = 1.5
-
-
 def cmd_fleet(args: argparse.Namespace, console: Console) -> int:
     from .system import CoapProfile, Fleet, mix_specs, start_fault_proxy, write_devices_file
 
@@ -192,14 +195,17 @@ def cmd_fleet(args: argparse.Namespace, console: Console) -> int:
     if not 0 < args.lora_budget <= 3600:
         console.print("[red]--lora-budget must be 0 < S <= 3600[/]")
         return 2
+    if not 0 <= args.registry_wait <= 60:
+        console.print("[red]--registry-wait must be 0 <= S <= 60[/]")
+        return 2
     if args.devices_file:
         write_devices_file(args.devices_file, specs)
         console.print(f"device registry written to {args.devices_file}; waiting "
-                      f"{REGISTRY_SETTLE_S:g} s for the gateway to load it")
+                      f"{args.registry_wait:g} s for the gateway to load it")
         # A node whose first request came before the gateway re-read the file got 4.01
         # (unprotected, under OSCORE), and CoAP deduplication answers its retransmissions
         # the same way: it waited out its whole retransmission window (93 s by default).
-        time.sleep(REGISTRY_SETTLE_S)
+        time.sleep(args.registry_wait)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     target, proxy = args.gateway, None

@@ -107,8 +107,8 @@ class Report:
     radio: dict[str, int] = field(default_factory=dict)  # the virtual concentrator's counters
     node_exit_codes: dict[str, int | None] = field(default_factory=dict)
     gateway_resources: dict[str, float] = field(default_factory=dict)
-    # the node processes: how many, peak RSS (largest and sum) and CPU time, sampled each
-    # second while the nodes drain
+    # the node processes: how many, peak RSS (largest and sum) and CPU time, sampled every
+    # WATCH_EVERY_S while the nodes drain
     node_resources: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 

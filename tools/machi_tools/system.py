@@ -252,10 +252,10 @@ class Gateway:
     # long-poll the cloud for commands and deliver them in the nodes' ACKs (C2/C3)
     downlink: bool = False
     downlink_idle_s: float = 0.5
-    # the long-poll wait the gateway asks of the cloud ([downlink] wait_s, 0..30 s). Short:
-    # the cloud finishes a held long-poll before it exits, so stopping the whole system
-    # (a test's teardown, the demo's Ctrl-C) waited up to this long (it was 10 s); a
-    # command created meanwhile still ends the wait at once
+    # the long-poll wait the gateway asks of the cloud ([downlink] wait_s, 0..30 s). Short
+    # (it was 10 s) so that no stop in a test waits on a held poll, whichever process
+    # stops first (the cloud answers held polls when it stops); a command created
+    # meanwhile still ends the wait at once
     downlink_wait_s: int = 2
     # the Semtech UDP packet-forwarder server, for LoRa nodes behind a virtual concentrator
     lora_udp: bool = False

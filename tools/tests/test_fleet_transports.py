@@ -92,6 +92,7 @@ def test_node_configs_per_transport(tmp_path: Path) -> None:
         (["--radio-loss", "1.5"], "probability"),
         (["--env", "0", "--mix", "env:lora=1"], "--lora-gateway"),
         (["--lora-budget", "0"], "--lora-budget"),
+        (["--env", "1", "--registry-wait", "-1"], "--registry-wait"),
     ],
 )
 def test_bad_fleet_usage_exits_2(argv: list[str], message: str, tmp_path: Path) -> None:
