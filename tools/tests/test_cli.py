@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,11 @@ import httpx
 import pytest
 
 from machi_tools.cli import build_parser
-from machi_tools.procs import executable
 from machi_tools.system import Cloud, Gateway, fleet_specs
 
+# the `machi` fixture (conftest.py): the installed command, run as a technician would
+Machi = Callable[..., subprocess.CompletedProcess[str]]
 
-def run_machi(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [executable("machi"), *args], capture_output=True, text=True, timeout=timeout,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "TERM": "dumb"}, check=False,
-    )
 
 
 def test_demo_shows_every_node_within_30_seconds_and_stops_cleanly(demo_run: Any) -> None:
@@ -35,14 +32,14 @@ def test_demo_shows_every_node_within_30_seconds_and_stops_cleanly(demo_run: Any
         assert "stop" in (tmp_path / "logs" / f"{name}.log").read_text().splitlines()[-1]
 
 
-def test_fleet_command_runs_nodes_against_a_gateway(tmp_path: Path) -> None:
+def test_fleet_command_runs_nodes_against_a_gateway(tmp_path: Path, machi: Machi) -> None:
     cloud = Cloud(workdir=tmp_path / "sys")
     gateway: Gateway | None = None
     try:
         cloud.start()
         gateway = Gateway(workdir=tmp_path / "sys", cloud_url=cloud.url, token=cloud.token)
         host, port = gateway.start()
-        result = run_machi(
+        result = machi(
             "fleet", "--gateway", f"{host}:{port}", "--env", "2", "--bin", "1", "--count", "3",
             "--interval", "0.2", "--ack-timeout", "0.5", "--workdir", str(tmp_path / "fleet"),
             "--devices-file", str(gateway.devices_path),
@@ -74,14 +71,16 @@ def test_fleet_command_runs_nodes_against_a_gateway(tmp_path: Path) -> None:
         (["nosuch"], "invalid choice"),
     ],
 )
-def test_bad_usage_exits_2_with_a_clear_message(argv: list[str], message: str) -> None:
-    result = run_machi(*argv)
+def test_bad_usage_exits_2_with_a_clear_message(
+    argv: list[str], message: str, machi: Machi
+) -> None:
+    result = machi(*argv)
     assert result.returncode == 2
     assert message in result.stderr
 
 
-def test_fleet_without_nodes_is_refused(tmp_path: Path) -> None:
-    result = run_machi("fleet", "--gateway", "127.0.0.1:5683", "--env", "0",
+def test_fleet_without_nodes_is_refused(tmp_path: Path, machi: Machi) -> None:
+    result = machi("fleet", "--gateway", "127.0.0.1:5683", "--env", "0",
                        "--workdir", str(tmp_path))
     assert result.returncode == 2
     assert "no nodes" in result.stdout
@@ -99,7 +98,7 @@ def test_fleet_specs_names_and_validation() -> None:
         fleet_specs({"toaster": 1})
 
 
-def test_audit_verify_detects_an_edited_row(tmp_path: Path) -> None:
+def test_audit_verify_detects_an_edited_row(tmp_path: Path, machi: Machi) -> None:
     """`machi audit verify` on a real cloud database: OK, then TAMPERED after an edit."""
     import sqlite3
 
@@ -119,7 +118,7 @@ def test_audit_verify_detects_an_edited_row(tmp_path: Path) -> None:
     finally:
         cloud.stop()
     db = str(tmp_path / "cloud.sqlite")
-    ok = run_machi("audit", "verify", "--db", db)
+    ok = machi("audit", "verify", "--db", db)
     assert ok.returncode == 0 and "OK, 3 entries" in ok.stdout, ok.stdout + ok.stderr
     con = sqlite3.connect(db)
     triggers = [r[0] for r in con.execute(
@@ -129,7 +128,7 @@ def test_audit_verify_detects_an_edited_row(tmp_path: Path) -> None:
     con.execute("UPDATE audit SET details = replace(details, 'env', 'bin') WHERE seq = 2")
     con.commit()
     con.close()
-    bad = run_machi("audit", "verify", "--db", db)
+    bad = machi("audit", "verify", "--db", db)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "TAMPERED" in bad.stdout
 

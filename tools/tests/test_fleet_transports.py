@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,6 @@ import pytest
 
 from machi_gateway.lora.frame import encode
 from machi_gateway.lora.profiles import table
-from machi_tools.procs import executable
 from machi_tools.system import (
     Cloud,
     Gateway,
@@ -29,12 +29,9 @@ from machi_tools.system import (
     with_radio_ids,
 )
 
+# the `machi` fixture (conftest.py): the installed command, run as a technician would
+Machi = Callable[..., subprocess.CompletedProcess[str]]
 
-def run_machi(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [executable("machi"), *args], capture_output=True, text=True, timeout=timeout,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "TERM": "dumb"}, check=False,
-    )
 
 
 def test_fleet_help_shows_the_transport_examples() -> None:
@@ -95,15 +92,17 @@ def test_node_configs_per_transport(tmp_path: Path) -> None:
         (["--env", "1", "--registry-wait", "-1"], "--registry-wait"),
     ],
 )
-def test_bad_fleet_usage_exits_2(argv: list[str], message: str, tmp_path: Path) -> None:
-    r = run_machi("fleet", "--gateway", "127.0.0.1:5683", "--workdir", str(tmp_path), *argv)
+def test_bad_fleet_usage_exits_2(
+    argv: list[str], message: str, tmp_path: Path, machi: Machi
+) -> None:
+    r = machi("fleet", "--gateway", "127.0.0.1:5683", "--workdir", str(tmp_path), *argv)
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stdout + r.stderr
 
 
 @pytest.mark.hil
 @pytest.mark.micropython
-def test_fleet_mix_of_transports_delivers_exactly_once(tmp_path: Path) -> None:
+def test_fleet_mix_of_transports_delivers_exactly_once(tmp_path: Path, machi: Machi) -> None:
     cloud = Cloud(workdir=tmp_path / "sys")
     gateway: Gateway | None = None
     try:
@@ -112,7 +111,7 @@ def test_fleet_mix_of_transports_delivers_exactly_once(tmp_path: Path) -> None:
                           batch_age_s=0.2, lora_udp=True)
         host, port = gateway.start()
         lhost, lport = gateway.lora
-        result = run_machi(
+        result = machi(
             "fleet", "--gateway", f"{host}:{port}", "--lora-gateway", f"{lhost}:{lport}",
             "--env", "0", "--mix", "env:lora=2,bin:nbiot=1,light=1", "--count", "3",
             "--interval", "0.3", "--ack-timeout", "0.5", "--radio-loss", "0.1",
