@@ -8,10 +8,7 @@ run must have seen enough for that 0 to mean something.
 from __future__ import annotations
 
 import importlib.util
-import random
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,23 +31,11 @@ def _load() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """`mod.run(...)` with the same arguments, but the delayed-command part (its own cloud,
-    gateway, relay and two nodes; ~30 s, nearly all of it waiting out the held ACKs and the
-    command ttl) runs in a thread beside the other two, which share the seeded rng in the
-    order run() uses it. The three parts have no process, port, directory or Figures field
-    in common."""
+    """The bench's figures, with its delayed-command part beside the other two (~30 s of
+    waiting that no other part needs)."""
     mod = _load()
-    workdir = tmp_path_factory.mktemp("secfig")
-    rng = random.Random(8)
-    fig = mod.Figures()
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        delayed = pool.submit(mod.measure_delayed, workdir / "delayed", fig, 1)
-        mod.measure_oscore(workdir / "oscore", fig, REBOOTS, DATAGRAMS, rng, False,
-                           float("inf"))
-        mod.measure_firmware(workdir / "firmware", fig, 1, rng)
-        delayed.result()  # its error, if any, is raised here (the pool waits for it anyway)
-    fig.seconds = time.monotonic() - t0
+    fig = mod.run(tmp_path_factory.mktemp("secfig"), REBOOTS, DATAGRAMS, fw_rounds=1,
+                  cmd_rounds=1, seed=8, parallel_delayed=True)
     print(mod.table(fig))
     return fig
 
