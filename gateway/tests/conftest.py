@@ -1,8 +1,10 @@
-"""Shared fixtures for the gateway tests: vectors, readings, a store, a fake cloud."""
+"""Shared fixtures for the gateway tests: vectors, readings, a store, a CoAP ingress in
+front of a real core, a fake cloud."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,7 +15,11 @@ from typing import Any
 import cbor2
 import pytest
 
+from machi_gateway.core import Core
+from machi_gateway.ingress.coap import CoapIngress
 from machi_gateway.model import Measurement, Reading
+from machi_gateway.registry import Registry
+from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
 
 VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
@@ -52,6 +58,45 @@ def devices_file(tmp_path: Path) -> Path:
     ids = ["env-0001", "env-0003", "env-0004", "bin-0002", "light-0001"]
     path.write_text(json.dumps({"devices": [{"id": i, "type": i.split("-")[0]} for i in ids]}))
     return path
+
+
+@dataclass
+class ServedCoap:
+    """A running CoAP ingress and what it writes to."""
+
+    coap: CoapIngress
+    store: Store
+    stats: IngressStats
+
+    @property
+    def port(self) -> int:
+        return int(self.coap.address[1])
+
+
+ServeCoap = Callable[..., contextlib.AbstractAsyncContextManager[ServedCoap]]
+
+
+@pytest.fixture
+def serve_coap(tmp_path: Path, devices_file: Path) -> ServeCoap:
+    """``async with serve_coap(**kw) as gw``: the CoAP ingress on a free port in front of a
+    real registry (``devices``, default the ``devices_file`` fixture), core and store
+    (``store_kw`` over max 1,000 readings, retry after 30 s, dedup 1 h); other keywords
+    go to ``CoapIngress`` (``host`` 127.0.0.1, ``max_payload`` 1024 unless given)."""
+
+    @contextlib.asynccontextmanager
+    async def serve(*, devices: Path | None = None, store_kw: dict[str, Any] | None = None,
+                    **ingress_kw: Any) -> AsyncIterator[ServedCoap]:
+        registry = Registry(devices or devices_file)
+        assert registry.reload_if_changed()
+        stats = IngressStats()
+        kw = {"max_readings": 1000, "retry_after_s": 30, "dedup_window_s": 3600,
+              **(store_kw or {})}
+        async with Store(tmp_path / "q.db", **kw) as store:
+            ingress = {"host": "127.0.0.1", "port": 0, "max_payload": 1024, **ingress_kw}
+            async with CoapIngress(Core(registry, store, stats), **ingress) as coap:
+                yield ServedCoap(coap, store, stats)
+
+    return serve
 
 
 # ---- a fake cloud: a real HTTP server on 127.0.0.1 -----------------------------------

@@ -6,16 +6,12 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiocoap
 import cbor2
 import pytest
 
-from machi_gateway.core import Core
-from machi_gateway.ingress.coap import CoapIngress
-from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
 
@@ -35,32 +31,26 @@ class Gw:
         return await self.client.request(msg, **kw).response
 
 
-async def _gateway(tmp_path: Path, devices_file: Path, max_readings: int) -> AsyncIterator[Gw]:
-    registry = Registry(devices_file)
-    assert registry.reload_if_changed()
-    stats = IngressStats()
-    async with Store(tmp_path / "q.db", max_readings=max_readings, retry_after_s=30,
-                     dedup_window_s=3600) as store:
-        core = Core(registry, store, stats)
-        async with CoapIngress(core, host="127.0.0.1", port=0, max_payload=1024) as coap:
-            host, port = coap.address
-            assert host == "127.0.0.1" and port > 0
-            client = await aiocoap.Context.create_client_context()
-            try:
-                yield Gw(f"coap://127.0.0.1:{port}/r", port, store, stats, client)
-            finally:
-                await client.shutdown()
+async def _gateway(serve_coap: Any, max_readings: int) -> AsyncIterator[Gw]:
+    async with serve_coap(store_kw={"max_readings": max_readings}) as served:
+        port = served.port
+        assert served.coap.address[0] == "127.0.0.1" and port > 0
+        client = await aiocoap.Context.create_client_context()
+        try:
+            yield Gw(f"coap://127.0.0.1:{port}/r", port, served.store, served.stats, client)
+        finally:
+            await client.shutdown()
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, devices_file: Path) -> AsyncIterator[Gw]:
-    async for g in _gateway(tmp_path, devices_file, 1000):
+async def gw(serve_coap: Any) -> AsyncIterator[Gw]:
+    async for g in _gateway(serve_coap, 1000):
         yield g
 
 
 @pytest.fixture
-async def small_gw(tmp_path: Path, devices_file: Path) -> AsyncIterator[Gw]:
-    async for g in _gateway(tmp_path, devices_file, 1):
+async def small_gw(serve_coap: Any) -> AsyncIterator[Gw]:
+    async for g in _gateway(serve_coap, 1):
         yield g
 
 
@@ -179,43 +169,39 @@ async def test_garbage_datagrams_do_not_stop_the_server(
     assert resp.code == aiocoap.CHANGED
 
 
-async def test_disk_quota_is_503_with_max_age(tmp_path: Path, devices_file: Path) -> None:
+async def test_disk_quota_is_503_with_max_age(serve_coap: Any) -> None:
     """A queue over its byte quota answers 5.03 + Max-Age and stores nothing more;
     duplicates of stored readings still get their 2.04."""
-    registry = Registry(devices_file)
-    assert registry.reload_if_changed()
-    stats = IngressStats()
     big = "x" * 400
-    async with Store(tmp_path / "q.db", max_readings=10**6, retry_after_s=17,
-                     dedup_window_s=3600, max_bytes=96 * 1024) as store:
-        async with CoapIngress(Core(registry, store, stats), host="127.0.0.1", port=0,
-                               max_payload=1024) as coap:
-            client = await aiocoap.Context.create_client_context()
-            try:
-                async def post(seq: int) -> aiocoap.Message:
-                    payload = cbor2.dumps([{0: "seq", 2: seq, -2: "env-0001:"},
-                                           {0: "note", 3: big}])
-                    msg = aiocoap.Message(code=aiocoap.POST, payload=payload,
-                                          uri=f"coap://127.0.0.1:{coap.address[1]}/r")
-                    msg.opt.content_format = 112
-                    return await client.request(msg).response
+    quota = {"max_readings": 10**6, "retry_after_s": 17, "max_bytes": 96 * 1024}
+    async with serve_coap(store_kw=quota) as served:
+        store, stats, coap = served.store, served.stats, served.coap
+        client = await aiocoap.Context.create_client_context()
+        try:
+            async def post(seq: int) -> aiocoap.Message:
+                payload = cbor2.dumps([{0: "seq", 2: seq, -2: "env-0001:"},
+                                       {0: "note", 3: big}])
+                msg = aiocoap.Message(code=aiocoap.POST, payload=payload,
+                                      uri=f"coap://127.0.0.1:{coap.address[1]}/r")
+                msg.opt.content_format = 112
+                return await client.request(msg).response
 
-                seq = 0
-                while True:
-                    seq += 1
-                    resp = await post(seq)
-                    if resp.code != aiocoap.CHANGED:
-                        break
-                    assert seq < 2000, "the quota never applied"
-                assert resp.code == aiocoap.SERVICE_UNAVAILABLE
-                assert resp.opt.max_age == 17
-                assert store.depth == seq - 1 and stats.rejected["disk-quota"] == 1
-                assert (await post(1)).code == aiocoap.CHANGED  # a duplicate
-                # Uploads free pages: the node gets in again.
-                await store.ack([("env-0001", s) for s in range(1, seq)])
-                assert (await post(seq)).code == aiocoap.CHANGED
-            finally:
-                await client.shutdown()
+            seq = 0
+            while True:
+                seq += 1
+                resp = await post(seq)
+                if resp.code != aiocoap.CHANGED:
+                    break
+                assert seq < 2000, "the quota never applied"
+            assert resp.code == aiocoap.SERVICE_UNAVAILABLE
+            assert resp.opt.max_age == 17
+            assert store.depth == seq - 1 and stats.rejected["disk-quota"] == 1
+            assert (await post(1)).code == aiocoap.CHANGED  # a duplicate
+            # Uploads free pages: the node gets in again.
+            await store.ack([("env-0001", s) for s in range(1, seq)])
+            assert (await post(seq)).code == aiocoap.CHANGED
+        finally:
+            await client.shutdown()
 
 
 async def test_other_paths_are_404(gw: Gw) -> None:

@@ -12,7 +12,6 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiocoap
@@ -21,9 +20,7 @@ import pytest
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 
-from machi_gateway.core import Core
 from machi_gateway.ingress.coap import CoapIngress, _MessageManager
-from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
 from machi_gateway.store import Store
 
@@ -44,15 +41,9 @@ class Gw:
 
 
 @pytest.fixture
-async def gw(tmp_path: Path, devices_file: Path) -> AsyncIterator[Gw]:
-    registry = Registry(devices_file)
-    assert registry.reload_if_changed()
-    stats = IngressStats()
-    async with Store(tmp_path / "q.db", max_readings=1000, retry_after_s=30,
-                     dedup_window_s=3600) as store:
-        async with CoapIngress(Core(registry, store, stats), host="127.0.0.1", port=0,
-                               max_payload=1024) as coap:
-            yield Gw(coap.address[1], store, stats, coap)
+async def gw(serve_coap: Any) -> AsyncIterator[Gw]:
+    async with serve_coap() as served:
+        yield Gw(served.port, served.store, served.stats, served.coap)
 
 
 def con_post(mid: int, token: bytes, seqs: list[int]) -> bytes:

@@ -37,18 +37,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from machi_gateway.core import Core
 from machi_gateway.errors import BadReading, UnknownDevice
 from machi_gateway.ingress import semtech
 from machi_gateway.ingress.base import Receipt
-from machi_gateway.ingress.coap import CoapIngress
 from machi_gateway.ingress.serial_modem import _MAX_LINE, SerialModemIngress, parse_rcv
 from machi_gateway.lora import frame
 from machi_gateway.model import Measurement, Reading
-from machi_gateway.registry import Device, Registry, parse_devices
+from machi_gateway.registry import Device, parse_devices
 from machi_gateway.senml import decode_pack, decode_readings
 from machi_gateway.stats import IngressStats
-from machi_gateway.store import Store
 from machi_tools.fuzzkit import HOSTILE_CBOR_HEADS, LONG, bounded_alloc, fuzz
 
 REPO = Path(__file__).resolve().parents[2]
@@ -600,22 +597,16 @@ class Gw:
 
 
 @pytest.fixture
-async def coap_gw(tmp_path: Path) -> AsyncIterator[Gw]:
+async def coap_gw(tmp_path: Path, serve_coap: Any) -> AsyncIterator[Gw]:
     devices = tmp_path / "devices.json"
     devices.write_text(json.dumps({"devices": [
         {"id": i, "type": "env"} for i in ("env-0001", "env-0003", "env-0004")]}))
-    registry = Registry(devices)
-    assert registry.reload_if_changed()
-    stats = IngressStats()
-    async with Store(tmp_path / "q.db", max_readings=100_000, retry_after_s=30,
-                     dedup_window_s=3600) as store:
-        async with CoapIngress(Core(registry, store, stats), host="127.0.0.1", port=0,
-                               max_payload=1024) as coap:
-            client = await aiocoap.Context.create_client_context()
-            try:
-                yield Gw(coap.address[1], stats, client)
-            finally:
-                await client.shutdown()
+    async with serve_coap(devices=devices, store_kw={"max_readings": 100_000}) as served:
+        client = await aiocoap.Context.create_client_context()
+        try:
+            yield Gw(served.port, served.stats, client)
+        finally:
+            await client.shutdown()
 
 
 async def _answers(socks: list[socket.socket], quiet: float) -> dict[int, list[bytes]]:

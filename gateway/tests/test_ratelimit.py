@@ -7,17 +7,14 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiocoap
 import cbor2
 import pytest
 
-from machi_gateway.core import Core
-from machi_gateway.ingress.coap import CoapIngress
 from machi_gateway.ingress.ratelimit import MAX_SOURCES, TokenBuckets
-from machi_gateway.registry import Registry
 from machi_gateway.stats import IngressStats
-from machi_gateway.store import Store
 
 
 class Clock:
@@ -59,15 +56,9 @@ def _datagram(mid: int, payload: bytes) -> bytes:
 
 
 @pytest.fixture
-async def limited(tmp_path: Path, devices_file: Path) -> AsyncIterator[tuple[int, IngressStats]]:
-    registry = Registry(devices_file)
-    assert registry.reload_if_changed()
-    stats = IngressStats()
-    async with Store(tmp_path / "q.db", max_readings=1000, retry_after_s=30,
-                     dedup_window_s=3600) as store:
-        async with CoapIngress(Core(registry, store, stats), host="::", port=0,
-                               max_payload=1024, rate_per_source=0.5, rate_burst=3) as coap:
-            yield coap.address[1], stats
+async def limited(serve_coap: Any) -> AsyncIterator[tuple[int, IngressStats]]:
+    async with serve_coap(host="::", rate_per_source=0.5, rate_burst=3) as served:
+        yield served.port, served.stats
 
 
 async def _exchange(sock: socket.socket, port: int, data: bytes, host: str) -> bytes:
