@@ -184,6 +184,11 @@ async def fwd(parts: Any) -> AsyncIterator[tuple[Forwarder, SemtechIngress]]:
             f.close()
 
 
+def _body(ack: bytes) -> Any:
+    """The CBOR body of an ack (MIC checked)."""
+    return cbor2.loads(decode_ack(ack, KEY)[2])
+
+
 def _frame(short_id: int, seq: int, key: bytes = KEY) -> bytes:
     return encode(table()[1], short_id, seq, key, {"temp": 21.5, "hum": 40})
 
@@ -231,11 +236,11 @@ async def test_commands_ride_in_the_ack_unless_too_long_for_the_dwell_limit(
                                            args={"tick_s": 5})])
     await f.push(30, _frame(sid, 5), datr="SF7BW125")
     _, payload = await f.ack()
-    [cmd] = cbor2.loads(decode_ack(payload, KEY)[2])[2]  # room: the 2.04 payload as is
+    [cmd] = _body(payload)[2]  # room: the 2.04 payload as is
     assert cmd[:3] == [0, "config", {"tick_s": 5}]
     await f.push(31, _frame(sid, 6), datr="SF10BW125")  # 24 bytes at most: time only
     _, payload = await f.ack()
-    doc = cbor2.loads(decode_ack(payload, KEY)[2])
+    doc = _body(payload)
     assert len(payload) <= 24 and 2 not in doc and 3 not in doc and 1 in doc
     # the queue left it out (it knew the room), so nothing had to be cut from an ack
     assert ingress.counters["ack_trimmed"] == 0
@@ -253,11 +258,11 @@ async def test_a_command_that_does_not_fit_the_ack_stays_queued_until_one_has_ro
     for token, seq in ((40, 1), (41, 2)):
         await f.push(token, _frame(sid, seq), datr="SF10BW125")
         _, payload = await f.ack()
-        assert 2 not in cbor2.loads(decode_ack(payload, KEY)[2])
+        assert 2 not in _body(payload)
         assert await parts.commands.state_of("c-9") == "queued"
     await f.push(42, _frame(sid, 3), datr="SF9BW125")  # 66 bytes: room for it
     _, payload = await f.ack()
-    [cmd] = cbor2.loads(decode_ack(payload, KEY)[2])[2]
+    [cmd] = _body(payload)[2]
     assert cmd[:3] == [0, "dim", {"p": 40}]
     assert await parts.commands.state_of("c-9") == "sent"
 
@@ -274,7 +279,7 @@ async def test_at_sf10_dim_goes_in_the_ack_compact_and_is_sent(
     await f.push(50, _frame(sid, 1), datr="SF10BW125")
     tx, payload = await f.ack()
     assert tx["datr"] == "SF10BW125" and len(payload) <= 24
-    doc = cbor2.loads(decode_ack(payload, KEY)[2])
+    doc = _body(payload)
     assert 1 not in doc and 2 not in doc  # no room for the time: the node keeps its clock
     [item] = doc[3]  # one command per SF10 ack: "on" waits, queued, for the next
     assert item[:3] == [0, 2, 37] and compact.expand(item)[:3] == [0, "dim", {"level": 37}]
@@ -284,5 +289,5 @@ async def test_at_sf10_dim_goes_in_the_ack_compact_and_is_sent(
     assert ingress.counters["ack_trimmed"] == 0
     await f.push(51, _frame(sid, 2), datr="SF10BW125")  # the next ack: dim again, on waits
     _, payload = await f.ack()
-    assert [i[:2] for i in cbor2.loads(decode_ack(payload, KEY)[2])[3]] == [[0, 2]]
+    assert [i[:2] for i in _body(payload)[3]] == [[0, 2]]
     assert await parts.commands.state_of("c-8") == "queued"

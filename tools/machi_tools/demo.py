@@ -32,6 +32,7 @@ from .system import (
     NodeSpec,
     fleet_specs,
     new_token,
+    stop_system,
     write_devices_file,
 )
 
@@ -170,11 +171,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     except KeyboardInterrupt:
         console.print("\nstopping (Ctrl-C)...")
     finally:
-        if fleet is not None:
-            fleet.stop()
-        if gateway is not None:
-            gateway.stop()
-        cloud.stop()
+        stop_system(cloud, gateway, fleet)
     if first_all is None:
         console.print("[red]not every node reached the cloud[/]")
         return 1

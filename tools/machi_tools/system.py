@@ -748,8 +748,18 @@ __all__ = [
     "TRANSPORTS", "Cloud", "CoapProfile", "Fleet", "Gateway", "GroupedNode", "Node",
     "NodeEvent", "NodeGroup", "NodeSpec",
     "ProcessError", "fleet_short_id", "fleet_specs", "mix_specs", "parse_mix", "parse_node_log",
-    "start_fault_proxy", "with_radio_ids", "write_devices_file",
+    "start_fault_proxy", "stop_system", "with_radio_ids", "write_devices_file",
 ]
+
+
+def stop_system(cloud: Cloud, gateway: Gateway | None = None, fleet: Fleet | None = None) -> None:
+    """Stop what was started, nodes first (nothing more to send), then the gateway (it
+    flushes its queue), then the cloud (it answers the gateway to the end)."""
+    if fleet is not None:
+        fleet.stop()
+    if gateway is not None:
+        gateway.stop()
+    cloud.stop()
 
 
 @contextlib.contextmanager
@@ -784,8 +794,4 @@ def provisioned_system(
         fleet.start()
         yield cloud, gateway, fleet
     finally:
-        if fleet is not None:
-            fleet.stop()
-        if gateway is not None:
-            gateway.stop()
-        cloud.stop()
+        stop_system(cloud, gateway, fleet)

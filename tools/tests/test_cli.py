@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from machi_tools.cli import build_parser
-from machi_tools.system import Cloud, Gateway, fleet_specs
+from machi_tools.system import Cloud, Gateway, fleet_specs, stop_system
 
 # the `machi` fixture (conftest.py): the installed command, run as a technician would
 Machi = Callable[..., subprocess.CompletedProcess[str]]
@@ -58,9 +58,7 @@ def test_fleet_command_runs_nodes_against_a_gateway(tmp_path: Path, machi: Machi
             assert sorted(d["device"] for d in devices) == ["bin-0001", "env-0001", "env-0002"]
             assert all(d["readings"] == 3 for d in devices), devices
     finally:
-        if gateway is not None:
-            gateway.stop()
-        cloud.stop()
+        stop_system(cloud, gateway)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from machi_tools.system import (
     NodeSpec,
     mix_specs,
     parse_mix,
+    stop_system,
     with_radio_ids,
 )
 
@@ -163,6 +164,4 @@ def test_fleet_mix_of_transports_delivers_exactly_once(tmp_path: Path, machi: Ma
             rows = client.get("/v1/devices").json()["devices"]
         assert {d["device"]: d["readings"] for d in rows}["env-0001"] == 3
     finally:
-        if gateway is not None:
-            gateway.stop()
-        cloud.stop()
+        stop_system(cloud, gateway)
