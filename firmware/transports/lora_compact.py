@@ -26,8 +26,11 @@ COMMANDS = (("on", None, None), ("off", None, None), ("dim", "level", None),
 
 
 # An ack body -> the same body with key 3 turned into key 2 [cid, name, args, exp]. An item
-# in CoAP form passes as it is; an op this table does not know gets its index as the name
-# (node.py answers err:unknown); a value index out of range passes as is (the app refuses).
+# is [cid, op, exp] or [cid, op, arg, exp]: an op this table does not know gets its index
+# as the name and no args (node.py answers err:unknown, whatever its argument was); a
+# known op with the wrong number of elements, or an item in CoAP form, passes as it is
+# (node.py refuses what is malformed); a value index out of range passes as is (the app
+# refuses it).
 def expand(body):
     try:
         m = cbor.loads(body)
@@ -38,15 +41,18 @@ def expand(body):
     cmds = m.pop(_COMPACT)
     for i in range(len(cmds)):
         c = cmds[i]
-        if not isinstance(c, list) or len(c) < 2 or not isinstance(c[1], int):
+        if not isinstance(c, list) or not 3 <= len(c) <= 4 or not isinstance(c[1], int):
             continue
-        op = COMMANDS[c[1]] if 0 <= c[1] < len(COMMANDS) else (c[1], None, None)
-        if op[1] is None:
-            cmds[i] = [c[0], op[0], {}] + c[2:]  # noqa: RUF005  (MicroPython: no [*x])
-        elif len(c) > 2:
+        if not 0 <= c[1] < len(COMMANDS):
+            cmds[i] = [c[0], c[1], {}, c[-1]]
+            continue
+        op = COMMANDS[c[1]]
+        if op[1] is None and len(c) == 3:
+            cmds[i] = [c[0], op[0], {}, c[2]]
+        elif op[1] is not None and len(c) == 4:
             v = c[2]
             if op[2] and isinstance(v, int) and 0 <= v < len(op[2]):
                 v = op[2][v]
-            cmds[i] = [c[0], op[0], {op[1]: v}] + c[3:]  # noqa: RUF005
+            cmds[i] = [c[0], op[0], {op[1]: v}, c[3]]
     m[2] = cmds
     return cbor.dumps(m)

@@ -332,10 +332,13 @@ def test_expand_leaves_the_usual_body_and_unknown_forms_alone():
     eq(lora_client.expand(b"\xff\x00"), b"\xff\x00")  # not CBOR: node.py logs it
     full = cbor.dumps({1: 5, 2: [[1, "on", {}, 9]]})
     eq(lora_client.expand(full), full)
-    # an op this firmware does not know: its index as the name (node.py: err:unknown);
-    # an out-of-range value index passes as is (the app: err:mode)
-    got = cbor.loads(lora_client.expand(cbor.dumps({3: [[1, 99, 9], [2, 3, 7, 9]]})))
-    eq(got, {2: [[1, 99, {}, 9], [2, "schedule", {"mode": 7}, 9]]})
+    # an op this firmware does not know, with or without an argument: its index as the
+    # name and no args (node.py: err:unknown); an out-of-range value index passes as is
+    # (the app: err:mode); a known op with the wrong number of elements passes as is
+    got = cbor.loads(lora_client.expand(cbor.dumps(
+        {3: [[1, 99, 9], [2, 3, 7, 9], [3, 99, 5, 9], [4, 2, 9]]})))
+    eq(got, {2: [[1, 99, {}, 9], [2, "schedule", {"mode": 7}, 9], [3, 99, {}, 9],
+                 [4, 2, 9]]})
 
 
 def test_command_table_equals_the_gateway_table():
