@@ -34,7 +34,6 @@ except ImportError:  # CPython host tests
 
 
 _CACHE = const(4)  # answers kept for retransmitted CONs (the gateway has one in flight)
-_CONTENT_FORMAT = const(12)  # coap.CONTENT_FORMAT, folded here (no module-level name)
 
 
 class Server:
@@ -81,7 +80,7 @@ class Server:
         rcode, rpl = self._route(m.code, m.options, m.payload)
         # a result is text/plain; charset=utf-8 (Content-Format 0)
         return coap.encode(coap.ACK, rcode, m.mid, m.token,
-                           ((_CONTENT_FORMAT, b""),) if rpl else (), rpl)
+                           ((coap.CONTENT_FORMAT, b""),) if rpl else (), rpl)
 
     def _route(self, code, opts, payload):
         path = []

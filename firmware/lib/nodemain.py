@@ -40,8 +40,8 @@ def main(argv):
 
 
 # Everything before the loop, for one node config: a Node, or an exit code. main() builds
-# one; lib/multinode.py builds many in one process. The code is lib/nodebuild.py's, dropped
-# from the heap again here: it runs once per node.
+# one (lib/multinode.py calls nodebuild.build itself for many). The code is
+# lib/nodebuild.py's, dropped from the heap again here: it runs once per node.
 def build(cfg):
     import nodebuild
 

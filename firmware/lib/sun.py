@@ -45,9 +45,9 @@ def rise_set(days, lat, lon):
     decl = (0.006918 - 0.399912 * math.cos(g) + 0.070257 * math.sin(g)
             - 0.006758 * math.cos(2 * g) + 0.000907 * math.sin(2 * g)
             - 0.002697 * math.cos(3 * g) + 0.00148 * math.sin(3 * g))
-    # the hour angle of the zenith 90.833 deg
+    # the hour angle of the zenith 90.833 deg (-0.01453... = cos(90.833 deg), folded)
     phi = math.radians(lat)
-    x = math.cos(math.radians(90.833)) / (math.cos(phi) * math.cos(decl)) \
+    x = -0.014538080502496963 / (math.cos(phi) * math.cos(decl)) \
         - math.tan(phi) * math.tan(decl)
     if x > 1:
         return None  # polar night
