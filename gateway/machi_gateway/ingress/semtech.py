@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ListenError, ResponseError
+from ..lora.commands import TIME_ONLY_LEN
 from ..lora.commands import bodies as ack_bodies
 from ..lora.commands import extra as compact_extra
 from ..model import Reading, Value
@@ -56,8 +57,13 @@ _WORKERS = 8
 _BACKLOG = 1024
 _WINDOW_MARGIN_S = 0.1  # a PULL_RESP must reach the forwarder before the window opens
 # the longest downlink within the AS923 400 ms dwell limit, 125 kHz (protocol-lora.md §5)
-_TIME_ONLY = bytes.fromhex("a1011a00000000")  # {1: time}: the size of every ack's body
 _DWELL_MAX = {"SF7": 255, "SF8": 138, "SF9": 66, "SF10": 24, "SF11": 0, "SF12": 0}
+
+
+def _dwell(up: Uplink) -> int:
+    """The largest downlink at the uplink's spreading factor (255: unknown, no limit)."""
+    return _DWELL_MAX.get(up.datr.split("BW")[0], 255)
+
 
 #: ``(short_id, seq, key, body) -> frame``: machi_gateway.lora.frame.encode_ack
 AckEncoder = Callable[[int, int, bytes, bytes], bytes]
@@ -340,18 +346,15 @@ class SemtechIngress(Ingress):
 
     # ---- confirmed delivery (docs/protocol-lora.md §8) ------------------------------
 
-    def _ack_room(self, up: Uplink, reading: Reading) -> int:
+    @staticmethod
+    def _ack_room(up: Uplink, reading: Reading) -> int:
         """Bytes the ack of this frame has beyond a time-only one (its time a 4-byte uint,
         as every time until 2106) within the uplink's dwell limit; the queue counts its
         commands in their compact form (lora/commands.py: extra)."""
-        sid = reading.meta.get("short_id")
-        short_id = sid if isinstance(sid, int) else int.from_bytes(up.payload[1:3], "big")
-        key = getattr(self.registry_lookup(short_id), "key", None) or bytes(16)
-        if self.encode_ack is None:
-            from ..lora.frame import encode_ack
-            self.encode_ack = encode_ack
-        time_only = len(self.encode_ack(short_id, reading.seq, key, _TIME_ONLY))
-        return max(0, _DWELL_MAX.get(up.datr.split("BW")[0], 255) - time_only)
+        from ..lora.frame import ack_overhead  # the frame module only where acks are sent
+
+        time_only = ack_overhead(reading.seq) + TIME_ONLY_LEN
+        return max(0, _dwell(up) - time_only)
 
     def _send_ack(self, up: Uplink, reading: Reading, receipt: Receipt) -> None:
         """The MIC'd ack of a durable frame (new or a repeat) in the node's RX window; its
@@ -373,19 +376,19 @@ class SemtechIngress(Ingress):
             log.warning("lora-udp: RX window of %s seq %d missed; its retry is acked", device,
                         seq)
             return
+        from ..lora.frame import ack_overhead, encode_ack
+
         if self.encode_ack is None:
-            from ..lora.frame import encode_ack
             self.encode_ack = encode_ack
-        limit = _DWELL_MAX.get(up.datr.split("BW")[0], 255)
+        room = _dwell(up) - ack_overhead(seq)
         for payload in ack_bodies(receipt.time, receipt.commands):  # the first that fits
-            body = self.encode_ack(short_id, seq, key, payload)
-            if len(body) <= limit:
+            if len(payload) <= room:
                 break
         else:
             if receipt.commands:
                 self.counters["ack_trimmed"] += 1
-                body = self.encode_ack(short_id, seq, key,
-                                       replace(receipt, commands=()).payload())
+                payload = replace(receipt, commands=()).payload()
+        body = self.encode_ack(short_id, seq, key, payload)
         token = int.from_bytes(os.urandom(2), "big")
         self._tx_pending[token] = device
         if len(self._tx_pending) > 256:

@@ -26,11 +26,9 @@ from typing import Any
 
 import cbor2
 
-from ..ingress.base import WireCommand
+from ..ingress.base import ACK_COMMANDS, ACK_TIME, WireCommand
 from .profiles import table_json
 
-ACK_TIME = 1
-ACK_COMMANDS = 2
 ACK_COMPACT = 3
 TIME_ONLY_LEN = 7  # {1: time} with a 4-byte time (a1 01 1a xxxxxxxx), until 2106
 _ARG_LIMIT = 2**32

@@ -320,6 +320,11 @@ def _frame_start(kind: int, short_id: int, seq: int) -> bytearray:
             return out
 
 
+def ack_overhead(seq: int) -> int:
+    """Bytes an ack of ``seq`` has around its body (type, short id, seq varint, MIC)."""
+    return len(_frame_start(ACK_TYPE, 0, seq)) + MIC_LEN
+
+
 def encode_ack(short_id: int, seq: int, key: bytes, body: bytes = b"") -> bytes:
     """The ack the gateway sends in the node's RX window once ``seq`` is durable
     (docs/protocol-lora.md §8): ``0x80 | short id | seq varint | body | MIC``; ``body`` is
