@@ -359,7 +359,10 @@ def rss_mib(pid: int) -> float:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return float("nan")
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")  # a zombie has no memory left to show
 
 
 def steady(windows: int = 8, seconds: float = 5.0) -> None:

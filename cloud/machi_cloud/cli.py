@@ -195,6 +195,16 @@ def _url(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose stop first answers the gateways' held command long-polls:
+    uvicorn lets open requests finish before it stops (up to timeout_graceful_shutdown),
+    and a long-poll would hold the stop that long, then be cut off with a 500."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app_wakeups(self.config.app).close()  # the FastAPI app _serve hands in
+        await super().shutdown(sockets)
+
+
 async def serve(
     settings: Settings,
     sock: socket.socket,
@@ -246,7 +256,7 @@ async def _serve(
         config.load()  # builds config.ssl; serve() then uses it as it is
         assert config.ssl is not None
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-    server = uvicorn.Server(config)
+    server = _Server(config)
     if stop_requested:
         return
     url = _url(settings.host, sock.getsockname()[1], "https" if tls else "http")
@@ -260,17 +270,9 @@ async def _serve(
             write_ready_file(ready_file, url)
         log.info("machi-cloud listening on %s (db %s)", url, where)
 
-    async def end_long_polls_on_stop() -> None:
-        # uvicorn lets open requests finish before it stops (up to
-        # timeout_graceful_shutdown): a gateway's held long-poll would hold the stop
-        while not (server.should_exit or serving.done()):  # noqa: ASYNC110 (plain flags)
-            await asyncio.sleep(0.1)
-        app_wakeups(app).close()
-
     async with asyncio.TaskGroup() as tasks:
         serving = tasks.create_task(server.serve(sockets=[sock]))
         tasks.create_task(announce())
-        tasks.create_task(end_long_polls_on_stop())
         await serving
     if not server.started:
         raise SystemExit("machi-cloud did not start (see the log above)")

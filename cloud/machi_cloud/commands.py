@@ -238,15 +238,16 @@ async def gateway_commands(
     await storage.expire_commands(time.time())
     deadline = time.monotonic() + wait
     recheck = RECHECK_S
-    if wait > 0 and await storage.watch_commands(wakeups(request).notify):
+    w = wakeups(request)
+    if wait > 0 and await storage.watch_commands(w.notify):
         recheck = LISTENING_RECHECK_S
     while True:
-        event = wakeups(request).event(who.name)  # before the check: no lost wakeup
+        event = w.event(who.name)  # before the check: no lost wakeup
         pending = await storage.commands(
             CommandQuery(gateway=who.name, pending_at=time.time(), limit=100)
         )
         remaining = deadline - time.monotonic()
-        if pending or remaining <= 0 or wakeups(request).closing:
+        if pending or remaining <= 0 or w.closing:
             break
         try:
             await asyncio.wait_for(event.wait(), min(recheck, remaining))

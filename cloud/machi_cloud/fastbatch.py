@@ -40,9 +40,8 @@ _MAX_TEXT = 4096
 _MAX_TRANSPORT = 32
 _get = dict.get
 _has = dict.__contains__
-_NUMBER = frozenset((int, float))
-_TIME = frozenset((int, float))
-_RECEIVED = frozenset((int, float, type(None)))
+_NUMBER = frozenset((int, float))  # also the types a reading's time may have
+_RECEIVED = _NUMBER | {type(None)}
 _UNIT = frozenset((str, type(None)))
 
 
@@ -104,7 +103,7 @@ def _whole_batch(items: list[Any]) -> ReadingColumns | None:
     if (
         not set(map(type, device_set)) <= {str}
         or not set(map(type, seqs)) <= {int}
-        or not set(map(type, times)) <= _TIME
+        or not set(map(type, times)) <= _NUMBER
         or not set(map(type, received)) <= _RECEIVED
         or not set(map(type, transport_set)) <= {str}
         or not set(map(type, ms)) <= {list}

@@ -14,7 +14,7 @@ travels OSCORE-protected (docs/security.md §2.9).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .cloudapi import CloudClient
 from .system import (
     Cloud,
     Fleet,
     Gateway,
-    NodeSpec,
     fleet_specs,
     new_token,
+    register_on_map,
     stop_system,
     write_devices_file,
 )
@@ -81,30 +80,6 @@ def summary_table(devices: list[dict[str, Any]], expected: list[str], now: float
         age = now - float(d["last_seen"]) if d.get("last_seen") else float("nan")
         table.add_row(dev, str(d["readings"]), str(d["last_seq"]), f"{age:.0f}s", values)
     return table
-
-
-# Shiojiri, Nagano: the nodes are laid out on a small grid around the city hall
-_ORIGIN = (36.1150, 137.9540)
-
-
-def register_on_map(url: str, admin_token: str, gateway_id: str,
-                    specs: list[NodeSpec]) -> list[NodeSpec]:
-    """Register every node with the cloud, with coordinates, so the dashboard's map and the
-    streetlight controls have something to show, and have the cloud issue its key (as
-    `machi provision` does for real ones). Returns the specs with the cloud's short id and
-    key: the node's OSCORE identity."""
-    out = []
-    with CloudClient(url, admin_token) as cloud:
-        for i, spec in enumerate(specs):
-            lat = _ORIGIN[0] + (i // 3) * 0.004 - 0.004
-            lon = _ORIGIN[1] + (i % 3) * 0.005 - 0.005
-            reg = cloud.register(spec.device_id, {
-                "type": spec.type, "gateway": gateway_id, "site": "demo", "lat": round(lat, 5),
-                "lon": round(lon, 5), "transport": "coap"})
-            if reg.short_id is None:
-                raise RuntimeError(f"the cloud gave {spec.device_id} no short id")
-            out.append(replace(spec, short_id=reg.short_id, key=reg.key.hex()))
-    return out
 
 
 def run_demo(options: DemoOptions, console: Console) -> int:

@@ -748,18 +748,49 @@ __all__ = [
     "TRANSPORTS", "Cloud", "CoapProfile", "Fleet", "Gateway", "GroupedNode", "Node",
     "NodeEvent", "NodeGroup", "NodeSpec",
     "ProcessError", "fleet_short_id", "fleet_specs", "mix_specs", "parse_mix", "parse_node_log",
-    "start_fault_proxy", "stop_system", "with_radio_ids", "write_devices_file",
+    "provisioned_system", "register_on_map", "start_fault_proxy", "stop_system",
+    "with_radio_ids", "write_devices_file",
 ]
 
 
 def stop_system(cloud: Cloud, gateway: Gateway | None = None, fleet: Fleet | None = None) -> None:
     """Stop what was started, nodes first (nothing more to send), then the gateway (it
     flushes its queue), then the cloud (it answers the gateway to the end)."""
-    if fleet is not None:
-        fleet.stop()
-    if gateway is not None:
-        gateway.stop()
-    cloud.stop()
+    try:
+        if fleet is not None:
+            fleet.stop()
+    finally:
+        try:
+            if gateway is not None:
+                gateway.stop()
+        finally:
+            cloud.stop()
+
+
+# Shiojiri, Nagano: the nodes are laid out on a small grid around the city hall
+_ORIGIN = (36.1150, 137.9540)
+
+
+def register_on_map(url: str, admin_token: str, gateway_id: str,
+                    specs: list[NodeSpec], site: str = "demo") -> list[NodeSpec]:
+    """Register every node with the cloud, with coordinates, so the dashboard's map and the
+    streetlight controls have something to show, and have the cloud issue its key (as
+    `machi provision` does for real ones). Returns the specs with the cloud's short id and
+    key: the node's OSCORE identity."""
+    from .cloudapi import CloudClient  # an HTTP client only where nodes get registered
+
+    out = []
+    with CloudClient(url, admin_token) as cloud:
+        for i, spec in enumerate(specs):
+            lat = _ORIGIN[0] + (i // 3) * 0.004 - 0.004
+            lon = _ORIGIN[1] + (i % 3) * 0.005 - 0.005
+            reg = cloud.register(spec.device_id, {
+                "type": spec.type, "gateway": gateway_id, "site": site, "lat": round(lat, 5),
+                "lon": round(lon, 5), "transport": "coap"})
+            if reg.short_id is None:
+                raise RuntimeError(f"the cloud gave {spec.device_id} no short id")
+            out.append(replace(spec, short_id=reg.short_id, key=reg.key.hex()))
+    return out
 
 
 @contextlib.contextmanager
@@ -770,20 +801,14 @@ def provisioned_system(
     """A cloud, a gateway that syncs its devices and commands from it, and a fleet whose
     nodes were registered as `machi provision` does (the cloud's key and short id go to the
     node for OSCORE and, by the registry sync, to the gateway); all stopped on exit."""
-    from .cloudapi import CloudClient
 
     cloud = Cloud(workdir=workdir, api_tokens=api_tokens)
     gateway: Gateway | None = None
     fleet: Fleet | None = None
     try:
         cloud.start()
-        specs = fleet_specs(counts, interval_s=interval_s)
-        with CloudClient(cloud.url, admin_token) as admin:
-            for i, spec in enumerate(specs):
-                reg = admin.register(spec.device_id, {
-                    "type": spec.type, "gateway": cloud.gateway_id, "site": "hil",
-                    "lat": 36.115 + i / 1000, "lon": 137.954, "transport": "coap"})
-                specs[i] = replace(spec, short_id=reg.short_id, key=reg.key.hex())
+        specs = register_on_map(cloud.url, admin_token, cloud.gateway_id,
+                                fleet_specs(counts, interval_s=interval_s), site="hil")
         gateway = (gateway_type or Gateway)(
             workdir=workdir, cloud_url=cloud.url, token=cloud.token, devices_sync=True,
             downlink=True, batch_age_s=0.3, **gateway_options)
