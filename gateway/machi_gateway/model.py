@@ -179,7 +179,7 @@ def _number(v: Any) -> bytes:
         return _F64(0xFB, v)
     if kind is int and -0x10000000000000000 <= v < 0x10000000000000000:
         return _uint(0x00, v) if v >= 0 else _uint(0x20, -1 - v)
-    return bytes(_dumps(v))
+    return _dumps(v)
 
 
 def _head(device: str) -> bytes:
@@ -214,7 +214,7 @@ def encode_wire(reading: Reading) -> bytes:
     """``cbor2.dumps(reading.to_wire())``, cheaper: the store's body of a queued reading."""
     device, transport, ms = reading.device, reading.transport, reading.measurements
     if type(device) is not str or type(transport) is not str or len(ms) >= 24:
-        return bytes(_dumps(reading.to_wire()))
+        return _dumps(reading.to_wire())
     parts = [_HEADS.get(device) or _head(device), _KEY_SEQ, _number(reading.seq),
              _KEY_TIME, _number(reading.time), _KEY_RECEIVED, _number(reading.received),
              _TAILS.get(transport) or _tail(transport), bytes((0x80 | len(ms),))]
@@ -225,7 +225,7 @@ def encode_wire(reading: Reading) -> bytes:
         kind = type(value)
         if (kind not in _VALUE_KEY or type(name) is not str
                 or (unit is not None and type(unit) is not str)):
-            append(bytes(_dumps(m.to_wire())))
+            append(_dumps(m.to_wire()))
             continue
         append(_MEAS.get((name, unit, kind)) or _measurement_head(name, unit, kind))
         if kind is float and -_INF < value < _INF:
@@ -233,7 +233,7 @@ def encode_wire(reading: Reading) -> bytes:
         elif kind is bool:
             append(b"\xf5" if value else b"\xf4")
         elif kind is str:
-            append(bytes(_dumps(value)))
+            append(_dumps(value))
         else:
             append(_number(value))
     return b"".join(parts)
