@@ -8,9 +8,10 @@ types are compared exactly, and tuples are built without the NamedTuple construc
 A batch with anything the fast lane does not accept at once (a malformed envelope, one
 reading that is odd or invalid) is parsed again, entirely, by `batch.parse_batch`, which
 decides and words every rejection and error; so a gateway's usual batch takes the fast
-lane, and a batch with a rejected reading costs two parses. Before that, a batch whose
-readings all carry plain numbers (`v`) is checked column by column with no Python loop
-per reading (`_whole_batch`) and kept as those columns (`batch.ReadingColumns`): no
+lane, and a batch with a rejected reading costs the column check, the fast lane and the
+reference. Before the fast lane, a batch whose readings all carry plain numbers (`v`) is
+checked column by column with no Python loop per reading (`_whole_batch`; it leaves at
+the first type it does not take) and kept as those columns (`batch.ReadingColumns`): no
 `Reading` is built unless someone looks at one, and SQLite writes its rows straight from
 the columns (`storage.rows.SortedColumns`). The fast lane accepts only
 what the reference accepts, with the same values: a check added to `batch.py` must be
@@ -85,7 +86,8 @@ def _whole_batch(items: list[Any]) -> ReadingColumns | None:
     """The readings, as columns, if every one is plainly valid with numbers (`v`) only,
     checked field by field across the whole batch with C-level loops (`map`, `set`, `min`,
     `sum`) and one Python step per distinct device, transport, metric or unit; else None
-    (then the reading by reading lane decides). Never accepts what `batch._reading` would reject."""
+    (then the reading by reading lane decides). Never accepts what `batch._reading` would reject.
+    The value types come first: a batch with text or booleans (`vs`, `vb`) leaves early."""
     n = len(items)
     try:
         devices: list[Any] = list(map(_get, items, repeat("device")))
@@ -109,18 +111,6 @@ def _whole_batch(items: list[Any]) -> ReadingColumns | None:
         or not set(map(type, ms)) <= {list}
     ):
         return None
-    if n and (min(seqs) < 0 or max(seqs) >= _MAX_SEQ or not _times_ok(times)):
-        return None
-    if None in received:
-        received_ok = _times_ok([rc for rc in received if rc is not None])
-    else:
-        received_ok = _times_ok(received)
-    if not received_ok:
-        return None
-    if not all(map(_DEVICE, device_set)) or not all(
-        1 <= len(t) <= _MAX_TRANSPORT for t in transport_set
-    ):
-        return None
     flat = list(chain.from_iterable(ms))
     try:  # dict.get refuses anything but a map
         names: list[Any] = list(map(_get, flat, repeat("n")))
@@ -135,6 +125,18 @@ def _whole_batch(items: list[Any]) -> ReadingColumns | None:
         or not set(map(type, unit_set)) <= _UNIT
         or not kinds <= _NUMBER
         or not _values_ok(values, kinds)
+    ):
+        return None
+    if n and (min(seqs) < 0 or max(seqs) >= _MAX_SEQ or not _times_ok(times)):
+        return None
+    if None in received:
+        received_ok = _times_ok([rc for rc in received if rc is not None])
+    else:
+        received_ok = _times_ok(received)
+    if not received_ok:
+        return None
+    if not all(map(_DEVICE, device_set)) or not all(
+        1 <= len(t) <= _MAX_TRANSPORT for t in transport_set
     ):
         return None
     # no key beyond n, v and u (the usual case) rules out vs and vb without looking
