@@ -9,6 +9,7 @@ BENCHMARKS = [
     "bench.firmware_encode",
     "bench.lora_airtime",
     "bench.gateway_coap",
+    "bench.gateway_uplink",
     "bench.cloud_ingest",
     "bench.e2e_latency",
 ]

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, NamedTuple, Self, TypeVar
 
 import cbor2
 
@@ -81,6 +81,24 @@ class DeadLetter:
     device: str
     seq: int
     reason: str
+
+
+class Queued(NamedTuple):
+    """A queued reading as stored: its identity, when it arrived, and ``body``, its CBOR
+    batch item, which the uplink splices into a batch as is (no decoding, no re-encoding).
+
+    A NamedTuple rather than a frozen dataclass on purpose: as immutable, and made from a
+    row three times cheaper (0.2 instead of 0.6 µs; 500 of them per batch on the Pi).
+    """
+
+    device: str
+    seq: int
+    received: float
+    body: bytes
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.device, self.seq)
 
 
 class Store:
@@ -391,15 +409,21 @@ class Store:
         return _Tx(self._db)
 
     async def oldest(self, n: int) -> list[Reading]:
-        """The ``n`` oldest queued readings, oldest first."""
-        def job() -> list[Reading]:
+        """The ``n`` oldest queued readings, decoded, oldest first (for tests and tools: the
+        uplink takes :meth:`queued`, whose bodies it never decodes)."""
+        return [Reading.from_wire(cbor2.loads(q.body)) for q in await self.queued(n)]
+
+    async def queued(self, n: int) -> list[Queued]:
+        """The ``n`` oldest queued readings as stored, oldest first; their bodies are not
+        checked here (the uplink does, see :func:`machi_gateway.uplink.wire.looks_intact`)."""
+        def job() -> list[Queued]:
             try:
                 rows = self._db.execute(
-                    "SELECT body FROM queue ORDER BY id LIMIT ?", (n,)
+                    "SELECT device, seq, received, body FROM queue ORDER BY id LIMIT ?", (n,)
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"queue read failed: {exc}") from exc
-            return [Reading.from_wire(cbor2.loads(body)) for (body,) in rows]
+            return list(map(Queued._make, rows))
         return await self._run(job)
 
     async def oldest_received(self) -> float | None:

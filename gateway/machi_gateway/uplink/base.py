@@ -15,16 +15,20 @@ from types import TracebackType
 from typing import Self
 
 from ..model import Reading
-from ..store import DeadLetter
+from ..store import DeadLetter, Queued
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A batch as sent; a retry re-sends the very same object (same id, same body)."""
+    """A batch as sent; a retry re-sends the very same object (same id, same body).
+
+    The batcher fills it with queued items, whose stored bodies are spliced into the
+    batch as they are; a :class:`Reading` (tests, tools) is encoded the same way.
+    """
 
     gateway: str
     batch_id: str
-    readings: tuple[Reading, ...]
+    readings: tuple[Queued | Reading, ...]
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.batch_id) <= 64:

@@ -7,6 +7,12 @@ send is retried with the *same* batch (same batch_id, same body, so the cloud ca
 answer it idempotently) after exponential backoff with full jitter; a 4xx is a
 configuration problem (bad token, ...) and is retried the same way, loudly, never
 deleting anything; a 409 means the id is burnt, so the readings go out under a new id.
+
+A batch splices the stored bodies of the queued readings (:mod:`.wire`). One damaged on
+disk is moved to dead letters, with an error in the log, rather than sent: when the
+batch is built if its head is wrong (cheap check), or when the cloud refuses the batch
+as malformed (400) if it is not well-formed CBOR; the rest then goes out under a new id.
+Either way it can neither stop the upload loop nor get every later batch refused.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import BatchConflict, StoreError, UplinkError, UplinkRefused
-from ..store import Store
+from ..store import DeadLetter, Queued, Store
 from .base import Batch, Uplink
+from .wire import looks_intact, well_formed
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +133,8 @@ class Batcher:
                 pass
 
     async def _next_batch(self) -> Batch | None:
-        readings = await self.store.oldest(self.policy.batch_max)
+        readings = await self._keep_intact(await self.store.queued(self.policy.batch_max),
+                                           looks_intact)
         if not readings:
             return None
         number = await self.store.next_batch_number()
@@ -143,6 +151,10 @@ class Batcher:
             answer = await self.uplink.send(batch)
         except BatchConflict:
             self._batch = None  # the id is burnt: the same readings go out under a new one
+            raise
+        except UplinkRefused as exc:
+            if exc.status == 400 and await self._drop_malformed(batch):
+                self._batch = None  # the others go out under a new id
             raise
         keys = {r.key for r in batch.readings}
         acked = [k for k in answer.acked if k in keys]
@@ -165,6 +177,30 @@ class Batcher:
         self.last_ok = self._clock()
         log.info("uplink: batch %s: %d acked, %d rejected, %d waiting",
                  batch.batch_id, deleted, dead, self.store.depth)
+
+    async def _keep_intact(
+        self, items: Sequence[Queued], check: Callable[[Queued], bool]
+    ) -> list[Queued]:
+        """``items`` whose stored body passes ``check``; the others go to dead letters."""
+        verdicts = [check(q) for q in items]
+        if all(verdicts):
+            return list(items)
+        bad = [q for q, ok in zip(items, verdicts, strict=True) if not ok]
+        for q in bad:
+            log.error("uplink: the queued body of %s seq %s is corrupt (%.60s); moved to "
+                      "dead letters, not sent", q.device, q.seq, repr(q.body))
+        moved = await self.store.dead_letter(
+            [DeadLetter(q.device, q.seq, "corrupt queue body") for q in bad])
+        if moved < len(bad):  # else the next batch would meet them again, at once
+            raise StoreError(f"{len(bad) - moved} corrupt queue rows could not be moved "
+                             "to dead letters")
+        return [q for q, ok in zip(items, verdicts, strict=True) if ok]
+
+    async def _drop_malformed(self, batch: Batch) -> bool:
+        """After a 400: dead-letter the batch's items that are not well-formed CBOR (the
+        full check, too dear for every batch); True if there were any."""
+        queued = [r for r in batch.readings if isinstance(r, Queued)]
+        return len(await self._keep_intact(queued, well_formed)) < len(queued)
 
     def _failed(self, exc: UplinkError | StoreError) -> float:
         self.failures += 1

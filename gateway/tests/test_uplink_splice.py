@@ -1,0 +1,200 @@
+"""The uplink splices the stored bodies into the batch: byte for byte the old encoding,
+and a body damaged on disk goes to dead letters instead of stopping or poisoning the
+upload."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+import httpx
+import pytest
+
+from machi_gateway.model import Measurement, Reading, encode_wire
+from machi_gateway.store import Queued, Store
+from machi_gateway.uplink import wire
+from machi_gateway.uplink.base import Batch
+from machi_gateway.uplink.batcher import Batcher, BatchPolicy
+from machi_gateway.uplink.http import HttpUplink
+
+POLICY = BatchPolicy(batch_max=10, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.02)
+MIXED = (Measurement("temp", "Cel", 21.5), Measurement("count", None, 7),
+         Measurement("big", None, 2**40), Measurement("neg", None, -300),
+         Measurement("door", None, True), Measurement("shut", None, False),
+         Measurement("state", None, "open"), Measurement("label", "x", "é" * 30))
+
+
+def _old_encode(batch: Batch, readings: list[Reading]) -> bytes:
+    """The encoding before the splice: every reading decoded, then encoded by cbor2."""
+    return bytes(cbor2.dumps({"gateway": batch.gateway, "batch_id": batch.batch_id,
+                              "readings": [r.to_wire() for r in readings]}))
+
+
+def _queued(r: Reading) -> Queued:
+    return Queued(r.device, r.seq, r.received, encode_wire(r))
+
+
+def _readings(n: int) -> list[Reading]:
+    return [Reading(device=f"dev-{i % 7}", seq=i * 997, time=1_700_000_000 + i if i % 2 else
+                    1_700_000_000.25 + i, received=1_700_000_001.5 + i,
+                    transport="coap" if i % 3 else "lora",
+                    measurements=MIXED[: 1 + i % len(MIXED)]) for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 23, 24, 255, 256, 300])
+async def test_splice_is_byte_identical_to_the_old_encoding(store: Store, n: int) -> None:
+    """Equivalence (passes on the old code too): array heads of 1, 2 and 3 bytes, text,
+    bool, int and float values, through the real queue."""
+    readings = _readings(n)
+    await store.add_many(readings)
+    queued = await store.queued(1000)
+    assert [q.key for q in queued] == [r.key for r in readings]
+    assert [q.received for q in queued] == [r.received for r in readings]
+    batch = Batch(gateway="gw-01", batch_id="gw-01-000000000042", readings=tuple(queued))
+    assert wire.encode_batch(batch) == _old_encode(batch, readings)
+    from_readings = Batch(gateway="gw-01", batch_id="b" * 64, readings=tuple(readings))
+    assert wire.encode_batch(from_readings) == _old_encode(from_readings, readings)
+
+
+@pytest.mark.parametrize("n", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32])
+def test_array_head_is_cbor2s(n: int) -> None:
+    fp = io.BytesIO()
+    cbor2.CBOREncoder(fp).encode_length(4, n)
+    assert wire._head(0x80, n) == fp.getvalue()
+
+
+def test_looks_intact() -> None:
+    good = _queued(_readings(3)[2])
+    assert wire.looks_intact(good) and wire.well_formed(good)
+    for body in (b"", b"\xff", cbor2.dumps([1]), good.body[:8],
+                 cbor2.dumps({"seq": good.seq, "device": good.device})):
+        assert not wire.looks_intact(Queued(good.device, good.seq, good.received, body))
+    assert not wire.looks_intact(Queued(good.device, good.seq + 1, good.received, good.body))
+    assert not wire.looks_intact(Queued("dev-9", good.seq, good.received, good.body))
+    truncated = Queued(good.device, good.seq, good.received, good.body[:-3])
+    assert wire.looks_intact(truncated) and not wire.well_formed(truncated)
+    trailing = Queued(good.device, good.seq, good.received, good.body + b"\x00")
+    assert not wire.well_formed(trailing)
+
+
+def _strict_cloud(posts: list[bytes]) -> httpx.MockTransport:
+    """Acks every reading of a well-formed batch; a body that is not exactly one CBOR map
+    of reading maps gets 400, as machi_cloud.batch.parse_batch answers it."""
+    def handler(req: httpx.Request) -> httpx.Response:
+        posts.append(req.content)
+        fp = io.BytesIO(req.content)
+        try:
+            doc = cbor2.CBORDecoder(fp).decode()
+        except (cbor2.CBORDecodeError, ValueError, TypeError):
+            return httpx.Response(400, json={"title": "not well-formed CBOR"})
+        if fp.tell() != len(req.content) or not all(
+                isinstance(r, dict) and "device" in r and "seq" in r for r in doc["readings"]):
+            return httpx.Response(400, json={"title": "bad batch"})
+        acked = [[r["device"], r["seq"]] for r in doc["readings"]]
+        return httpx.Response(200, content=cbor2.dumps({"acked": acked, "rejected": []}))
+    return httpx.MockTransport(handler)
+
+
+def _damage(store: Store, seq: int, body: Any) -> None:
+    """Overwrite a queued body behind the store's back, as disk damage would."""
+    conn = sqlite3.connect(store.path)
+    try:
+        conn.execute("UPDATE queue SET body = ? WHERE seq = ?", (body, seq))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _dead(store: Store) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(store.path)
+    try:
+        return conn.execute("SELECT device, seq, reason FROM dead_letters").fetchall()
+    finally:
+        conn.close()
+
+
+async def _upload(store: Store, until: Any, posts: list[bytes]) -> Batcher:
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=_strict_cloud(posts)) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=POLICY)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(batcher.run())
+            await until(lambda: store.depth == 0)
+            task.cancel()
+    return batcher
+
+
+@pytest.mark.parametrize("body", [
+    b"\xff\x00",                                   # not CBOR
+    b"\xa6\x66devi",                               # cut inside the head
+    cbor2.dumps([1, 2]),                           # CBOR, not a map
+    cbor2.dumps({"device": "env-0001", "seq": 2}),  # a map, not the item's form
+    "text, not a blob",                            # the column's type is wrong
+])
+async def test_a_corrupt_head_is_dead_lettered_and_the_rest_goes_out(
+    store: Store, until: Any, make_reading: Callable[..., Reading],
+    caplog: pytest.LogCaptureFixture, body: Any,
+) -> None:
+    """Before the splice, such a body made oldest() raise in the upload loop: the uplink
+    task died (the daemon with it) and nothing more was sent, after every restart."""
+    await store.add_many([make_reading(seq=i) for i in range(5)])
+    _damage(store, 2, body)
+    posts: list[bytes] = []
+    with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
+        batcher = await _upload(store, until, posts)
+    [post] = posts  # checked before sending: one batch, accepted at once
+    assert [r["seq"] for r in cbor2.loads(post)["readings"]] == [0, 1, 3, 4]
+    assert batcher.sent == 4
+    assert _dead(store) == [("env-0001", 2, "corrupt queue body")]
+    assert store.dead_letters == 1
+    assert "queued body of env-0001 seq 2 is corrupt" in caplog.text
+
+
+async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
+    store: Store, until: Any, make_reading: Callable[..., Reading],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body cut short after its identity passes the cheap check; the cloud refuses the
+    batch (400), the full check finds the body, and the rest goes out under a new id."""
+    readings = [make_reading(seq=i) for i in range(4)]
+    await store.add_many(readings)
+    _damage(store, 1, _queued(readings[1]).body[:-5])
+    posts: list[bytes] = []
+    with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
+        batcher = await _upload(store, until, posts)
+    refused, accepted = posts
+    assert cbor2.loads(accepted)["batch_id"].encode() not in refused
+    assert [r["seq"] for r in cbor2.loads(accepted)["readings"]] == [0, 2, 3]
+    assert _dead(store) == [("env-0001", 1, "corrupt queue body")]
+    assert batcher.sent == 3 and "seq 1 is corrupt" in caplog.text
+
+
+async def test_a_400_without_a_corrupt_body_resends_the_same_batch(
+    store: Store, until: Any, make_reading: Callable[..., Reading],
+) -> None:
+    """A 400 that is not caused by a stored body (e.g. a bad gateway id) deletes nothing:
+    the same batch, byte for byte, goes again once the cloud takes it."""
+    await store.add_many([make_reading(seq=i) for i in range(3)])
+    posts: list[bytes] = []
+    transport = _strict_cloud(posts)
+    refusals = [httpx.Response(400, json={"title": "bad gateway id"})] * 2
+
+    async def handler(req: httpx.Request) -> httpx.Response:
+        if refusals:
+            posts.append(req.content)
+            return refusals.pop()
+        return await transport.handle_async_request(req)
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=httpx.MockTransport(handler)) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=POLICY)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(batcher.run())
+            await until(lambda: store.depth == 0)
+            task.cancel()
+    assert len(posts) == 3 and posts[0] == posts[1] == posts[2]
+    assert store.dead_letters == 0 and batcher.sent == 3
