@@ -16,8 +16,11 @@ Everything that must hold across instances is enforced by the database, never by
 One transaction per batch (READ COMMITTED), a fixed number of round trips whatever its
 size: readings and measurements travel by `COPY` (binary; asyncpg's array encoder costs
 dozens of `isinstance` checks per reading), the few `latest` and `devices` rows as arrays
-through `unnest()`. Schema and migrations: `migrations/postgres.py`; the control plane
-(registry, commands, audit, reports): `postgres_control.py`.
+through `unnest()`. Those rows are made before the transaction (`_prepare`): a fast-lane
+batch (`batch.ReadingColumns`, no key twice) from its columns, as SQLite does, without
+building its `Reading`s; any other batch from its `Reading`s; the same rows either way.
+Schema and migrations: `migrations/postgres.py`; the control plane (registry, commands,
+audit, reports): `postgres_control.py`.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ..batch import Reading, Rejection, Value
+from ..batch import Reading, ReadingColumns, Rejection, Value
 from ..errors import StorageUnavailable
 from . import postgres_control as control
 from . import rows
@@ -125,6 +129,7 @@ _VALUE_COLUMNS = "value_int, value_real, value_text, value_bool"
 
 
 _VALUE = itemgetter(5)
+_VALUE_OF_ROW = itemgetter(4)  # of a `SortedColumns` measurement row
 
 
 def _value_columns(value: Value) -> tuple[int | None, float | None, str | None, bool | None]:
@@ -307,7 +312,7 @@ class PostgresStorage(Storage):
         readings: Sequence[Reading],
         rejected: Sequence[Rejection] = (),
     ) -> BatchResult:
-        prepared = _Prepared(readings)
+        prepared = _prepare(readings)
         rejected_t = tuple(rejected)
 
         async def run(conn: Any) -> BatchResult:
@@ -322,14 +327,14 @@ class PostgresStorage(Storage):
         gateway: str,
         batch_id: str,
         body_hash: bytes,
-        p: _Prepared,
+        p: _Prepared | _PreparedColumns,
         rejected: tuple[Rejection, ...],
     ) -> BatchResult:
         if not await conn.fetchval(_CLAIM, gateway, batch_id, body_hash):
             row = await conn.fetchrow(_RECORDED, gateway, batch_id)
             return rows.replayed(gateway, batch_id, body_hash, row["body_sha256"], row["answer"])
         new: Collection[tuple[str, int]] = ()
-        if p.unique:
+        if p.acked:
             new = await _insert_samples(conn, gateway, batch_id, p)
         result = BatchResult(
             batch_id=batch_id,
@@ -343,7 +348,7 @@ class PostgresStorage(Storage):
         if not new:
             await conn.execute(_SET_ANSWER, gateway, batch_id, answer)
             return result
-        m_records, l_cols, d_cols = p.derived(None if len(new) == len(p.unique) else new)
+        m_records, l_cols, d_cols = p.derived(None if len(new) == len(p.acked) else new)
         if m_records:
             await conn.copy_records_to_table(
                 "measurements", records=m_records, columns=_MEASUREMENT_COLUMNS
@@ -491,7 +496,7 @@ SCHEMA_VERSION = len(STEPS)
 
 
 async def _insert_samples(
-    conn: Any, gateway: str, batch_id: str, p: _Prepared
+    conn: Any, gateway: str, batch_id: str, p: _Prepared | _PreparedColumns
 ) -> Collection[tuple[str, int]]:
     """Store the batch's samples; which of its keys are new.
 
@@ -509,7 +514,7 @@ async def _insert_samples(
     except asyncpg.UniqueViolationError:
         await conn.execute("ROLLBACK TO SAVEPOINT machi_samples")
     else:
-        return p.unique.keys()
+        return p.acked
     await conn.copy_records_to_table(_STAGING, records=p.sample_records(), columns=_STAGING_COLUMNS)
     return {(r[0], r[1]) for r in await conn.fetch(_INSERT_SAMPLES, gateway, batch_id)}
 
@@ -524,6 +529,16 @@ async def _keep_session(conn: Any) -> None:
     transaction itself; the default `RESET ALL ...` would cost a round trip per call."""
 
 
+def _prepare(readings: Sequence[Reading]) -> _Prepared | _PreparedColumns:
+    """A fast-lane batch (`ReadingColumns`, its keys distinct) from its columns, any other
+    from its `Reading`s: the same rows either way (`tests/test_pg_columns.py`)."""
+    if type(readings) is ReadingColumns:
+        columns = rows.SortedColumns.of(readings)
+        if columns is not None:
+            return _PreparedColumns(columns)
+    return _Prepared(readings)
+
+
 class _Prepared:
     """A batch's readings made ready for the database once, outside any transaction.
 
@@ -531,6 +546,7 @@ class _Prepared:
     new in the database is only known inside the transaction, so the per-table columns are
     derived there from the set of keys the samples insert returned. Rows go to the
     database in key order, so overlapping batches lock rows in the same order.
+    `_PreparedColumns` does the same for a fast-lane batch without building its readings.
     """
 
     def __init__(self, readings: Sequence[Reading]) -> None:
@@ -567,10 +583,48 @@ class _Prepared:
         devices = rows.device_rows(ordered)
         # latest's columns are (device, metric, seq, ...): measurements' with 2 and 3 swapped
         l_rows = [(d, n, q, *rest) for d, q, n, *rest in latest.values()]
-        l_cols = tuple(list(col) for col in zip(*l_rows, strict=True)) or tuple(
-            [] for _ in range(9)
-        )
-        d_cols = tuple(list(col) for col in zip(*devices, strict=True)) or tuple(
-            [] for _ in range(5)
-        )
-        return m, l_cols, d_cols
+        return m, _columns(l_rows, 9), _columns(devices, 5)
+
+
+class _PreparedColumns:
+    """`_Prepared` of a fast-lane batch whose keys are distinct, from its columns: its
+    lazy `Reading`s are never built, and key order, the rows of the new readings, latest
+    and devices come from `rows.SortedColumns` (C-level sorts and zips, as SQLite's
+    `_insert_columns` takes them) instead of per-reading Python; what is left is one
+    comprehension making the `COPY` records of the measurements."""
+
+    repeated = 0  # `SortedColumns.of` takes no batch with a key twice
+
+    def __init__(self, columns: rows.SortedColumns) -> None:
+        self.columns = columns
+        self.acked = columns.acked
+
+    def sample_records(self) -> list[tuple[Any, ...]]:
+        return self.columns.sample_rows()
+
+    def sample_rows(self, gateway: str, batch_id: str) -> list[tuple[Any, ...]]:
+        return self.columns.sample_rows(gateway, batch_id)
+
+    def derived(
+        self, new: Collection[tuple[str, int]] | None
+    ) -> tuple[list[tuple[Any, ...]], tuple[list[Any], ...], tuple[list[Any], ...]]:
+        """As `_Prepared.derived`."""
+        c = self.columns if new is None else self.columns.only(new)
+        flat = c.measurement_rows()  # (device, seq, metric, unit, value) in key order
+        times = chain.from_iterable(map(repeat, c.times, map(len, c.groups)))
+        timed = zip(flat, times, strict=True)
+        kinds = set(map(type, map(_VALUE_OF_ROW, flat)))
+        m: list[tuple[Any, ...]]
+        if kinds <= {float}:  # the usual batches: one comprehension, no call per value
+            m = [(d, q, n, t, u, None, v, None, None) for (d, q, n, u, v), t in timed]
+        elif kinds == {int}:
+            m = [(d, q, n, t, u, v, None, None, None) for (d, q, n, u, v), t in timed]
+        else:
+            m = [(d, q, n, t, u, *_value_columns(v)) for (d, q, n, u, v), t in timed]
+        latest = [(*r[:5], *_value_columns(r[5])) for r in c.latest_rows()]  # a few a device
+        return m, _columns(latest, 9), _columns(c.device_rows(), 5)
+
+
+def _columns(table: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ...]:
+    """Rows of `width` values as `width` lists, for `unnest()`."""
+    return tuple(list(col) for col in zip(*table, strict=True)) or tuple([] for _ in range(width))

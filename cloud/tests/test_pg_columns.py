@@ -1,0 +1,209 @@
+"""PostgreSQL stores a fast-lane batch from its columns as it stores `Reading`s.
+
+A batch of plain numbers arrives as `batch.ReadingColumns`; `PostgresStorage` writes it
+from its columns (`storage.rows.SortedColumns`), any other batch from its `Reading`s. The
+same batches go both ways into two databases of the session's server, which must end with
+the same tables (value types included) and give the same answers. The equivalence tests
+pass on the reading-only code too, by design; `test_columns_are_never_made_readings` is
+the one that tells the column path is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from machi_cloud import fastbatch
+from machi_cloud.batch import ReadingColumns
+from machi_cloud.storage import ReadingQuery
+from machi_cloud.storage.pgserver import PostgresServer
+from machi_cloud.storage.postgres import PostgresStorage
+
+T0 = 1795390000
+TEMPLATE_DB = "machi_template"  # conftest's migrated template
+_names = itertools.count()
+
+times = st.integers(T0, T0 + 100) | st.floats(T0, T0 + 100) | st.sampled_from([T0, float(T0)])
+measurement = st.fixed_dictionaries(
+    {
+        "n": st.sampled_from(["temp", "hum", "bat", "B"]),
+        "v": st.integers(-5, 5) | st.floats(-1, 1) | st.sampled_from([2**63 - 1, -(2**63), 0.0]),
+    },
+    optional={"u": st.sampled_from(["Cel", "%RH"])},
+)
+reading = st.fixed_dictionaries(
+    {
+        "device": st.sampled_from(["env-0001", "env-0002", "bin-7", "a"]),
+        "seq": st.integers(0, 12) | st.sampled_from([2**40, 2**63 - 1]),
+        "time": times,
+        "m": st.lists(measurement, max_size=3, unique_by=lambda m: m["n"]),
+    },
+    optional={"received": times | st.none(), "transport": st.sampled_from(["coap", "lora"])},
+)
+uniform_m = st.sampled_from([[], ["temp"], ["temp", "hum"], ["hum", "temp"], ["a", "b", "c"]])
+
+
+@st.composite
+def batches(draw: Any) -> list[dict[str, Any]]:
+    """Numeric batches (keys repeated in and across batches, seqs in any order): random
+    ones, and ones where every reading has the same metrics (ints, floats or both)."""
+    items: list[dict[str, Any]] = draw(st.lists(reading, max_size=12))
+    if draw(st.booleans()):
+        names = draw(uniform_m)
+        kind = draw(st.sampled_from([int, float, None]))
+        for i, item in enumerate(items):
+            item["m"] = [
+                {"n": n, "u": "u", "v": (kind or (int if (i + j) % 2 else float))(i + j)}
+                for j, n in enumerate(names)
+            ]
+    return items
+
+
+def columns(items: list[dict[str, Any]], batch_id: str = "b") -> ReadingColumns:
+    body = cbor2.dumps({"gateway": "gw-01", "batch_id": batch_id, "readings": items})
+    got = fastbatch.parse_batch(body, max_readings=1000).readings
+    assert type(got) is ReadingColumns  # numeric batches take the whole-batch lane
+    return got
+
+
+def typed(value: Any) -> Any:
+    """`value` with every scalar tagged by its type (1, 1.0 and True must differ)."""
+    if isinstance(value, (list, tuple, asyncpg.Record)):
+        return [typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+async def dump(dsn: str) -> dict[str, Any]:
+    """Every stored column but the server's own timestamps (`ingested`, `created`)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        queries = {
+            "samples": "SELECT device, seq, time, received, transport, gateway, batch_id"
+            " FROM samples ORDER BY device, seq",
+            "measurements": "SELECT * FROM measurements ORDER BY device, seq, metric",
+            "latest": "SELECT * FROM latest ORDER BY device, metric",
+            "devices": "SELECT * FROM devices ORDER BY device",
+            "batches": "SELECT gateway, batch_id, body_sha256, answer FROM batches ORDER BY 1, 2",
+        }
+        return {table: typed(await conn.fetch(sql)) for table, sql in queries.items()}
+    finally:
+        await conn.close()
+
+
+async def store_all(
+    dsn: str, batch_list: Sequence[list[dict[str, Any]]], as_columns: bool
+) -> tuple[Any, ...]:
+    """Store the batches (as columns or as a tuple of `Reading`s, each batch twice: the
+    second a replay); the answers, what the queries give, and the tables."""
+    async with PostgresStorage(dsn, pool_size=1) as storage:
+        answers = []
+        for n, items in enumerate(batch_list):
+            cols = columns(items)
+            for _ in range(2):
+                result = await storage.store_batch(
+                    gateway="gw-01",
+                    batch_id=f"b-{n}",
+                    body_hash=bytes(32),
+                    readings=cols if as_columns else tuple(cols),
+                )
+                answers.append((result, result.encoded))
+        found = await storage.readings(ReadingQuery(limit=100_000))
+        queried = (typed(found), await storage.devices(), await storage.stats())
+    return answers, queried, await dump(dsn)
+
+
+def both_ways(pg: PostgresServer, batch_list: Sequence[list[dict[str, Any]]]) -> None:
+    """The batches through the column path and the reading path: the same in the end."""
+    got = []
+    for as_columns in (True, False):
+        name = f"pgcols{os.getpid()}_{next(_names)}"
+        dsn = pg.create_database(name, template=TEMPLATE_DB)
+        try:
+            got.append(asyncio.run(store_all(dsn, batch_list, as_columns)))
+        finally:
+            pg.drop_database(name)
+    assert got[0] == got[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(batches(), min_size=1, max_size=4))
+def test_pg_stores_columns_as_it_stores_readings(
+    pg: PostgresServer, batch_list: list[list[dict[str, Any]]]
+) -> None:
+    """Small random batches overlapping in keys: in-batch repeats (first wins), repeats of
+    earlier batches (only the new readings get rows), ints, floats, several devices."""
+    both_ways(pg, batch_list)
+
+
+def gateway_batches(
+    seed: int, n_batches: int = 6, size: int = 300, *, twice: bool = True
+) -> list[list[dict[str, Any]]]:
+    """Batches as a gateway sends them (20 devices, each one's seq counting up, two
+    metrics), every other one mixed with a resend of part of the one before (other
+    values); with `twice`, the last holds a key twice."""
+    rnd = random.Random(seed)
+    out: list[list[dict[str, Any]]] = []
+    n = 0
+    for b in range(n_batches):
+        items = []
+        for _ in range(size):
+            device, seq = f"env-{n % 20:04d}", n // 20
+            n += 1
+            value: int | float = rnd.randrange(-100, 100) if rnd.random() < 0.3 else rnd.random()
+            items.append(
+                {
+                    "device": device,
+                    "seq": seq,
+                    "time": T0 + seq + rnd.choice([0, 0.5]),
+                    "received": rnd.choice([None, T0 + seq + 0.25]),
+                    "transport": "coap",
+                    "m": [{"n": "temp", "u": "Cel", "v": value}, {"n": "hum", "v": b}],
+                }
+            )
+        if out and b % 2:  # a resend of part of the last batch, other values, mixed in
+            resent = [{**item, "m": [{"n": "temp", "v": -1.5}]} for item in out[-1][::3]]
+            items = rnd.sample(items + resent, len(items) + len(resent))
+        if twice and b == n_batches - 1:
+            items.append({**items[0], "m": [{"n": "temp", "v": 99}]})
+        out.append(items)
+    return out
+
+
+def test_pg_stores_gateway_batches_from_columns_as_from_readings(pg: PostgresServer) -> None:
+    for seed in range(3):
+        both_ways(pg, gateway_batches(seed))
+
+
+def test_columns_are_never_made_readings(pg: PostgresServer) -> None:
+    """A batch of distinct keys is written from its columns: no `Reading` is built, for
+    new readings and for ones stored before (the dedup path) alike."""
+    batch_list = gateway_batches(7, n_batches=2, size=50, twice=False)
+
+    async def store() -> list[int]:
+        async with PostgresStorage(dsn, pool_size=1) as storage:
+            stored = []
+            for n, items in enumerate([*batch_list, batch_list[1] + batch_list[1][:1]]):
+                cols = columns(items)
+                result = await storage.store_batch(
+                    gateway="gw-01", batch_id=f"b-{n}", body_hash=bytes(32), readings=cols
+                )
+                stored.append(result.stored)
+                # the last repeats a key: the reading path takes it, as in SQLite
+                assert (cols._readings is None) is (n < 2)
+            return stored
+
+    name = f"pgcols{os.getpid()}_{next(_names)}"
+    dsn = pg.create_database(name, template=TEMPLATE_DB)
+    try:
+        assert asyncio.run(store()) == [50, 50, 0]  # the second: 50 new of 67
+    finally:
+        pg.drop_database(name)
