@@ -10,6 +10,7 @@ BENCHMARKS = [
     "bench.lora_airtime",
     "bench.gateway_coap",
     "bench.gateway_uplink",
+    "bench.gateway_pipeline",
     "bench.cloud_ingest",
     "bench.e2e_latency",
 ]
