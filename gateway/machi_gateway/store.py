@@ -439,7 +439,8 @@ class Store:
 
         def job() -> int:
             with self._tx() as db:
-                n = sum(db.execute(_DELETE_QUEUED, (*k, *k)).rowcount for k in keys)
+                # one executemany (its rowcount is the total), not a cursor per key
+                n = db.executemany(_DELETE_QUEUED, [(*k, *k) for k in keys]).rowcount
             self._depth -= n
             return n
         return await self._run(job) if keys else 0
