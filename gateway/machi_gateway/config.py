@@ -132,7 +132,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "url": Key("http://127.0.0.1:8080", _url, "cloud base URL; batches go to {url}/v1/batches"),
         "token": Key("", _str(empty=True), "the gateway's bearer token (or use token_file)"),
         "token_file": Key("", _str(empty=True), "file holding the token (first line)"),
-        "batch_max": Key(500, _int(1, 5000), "send when this many readings wait"),
+        "batch_max": Key(2000, _int(1, 5000), "send when this many readings wait"),
         "batch_age_s": Key(2.0, _float(0.0), "... or when the oldest has waited this long"),
         "timeout_s": Key(10.0, _float(0.0), "timeout of one upload"),
         "backoff_initial_s": Key(0.5, _float(0.0), "first retry delay after a failure"),

@@ -23,7 +23,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.coap.port == 5683 and cfg.coap.max_payload == 1024
     assert cfg.devices_file == tmp_path / "devices.json"
     assert cfg.queue_file == Path("/var/lib/machi-gateway/queue.sqlite3")
-    assert cfg.uplink.batch_max == 500 and cfg.uplink.batch_age_s == 2.0
+    assert cfg.uplink.batch_max == 2000 and cfg.uplink.batch_age_s == 2.0
     assert cfg.queue.retry_after_s == 30 and cfg.health.port == 8081
 
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class BatchPolicy:
     """When to send and how to back off."""
 
-    batch_max: int = 500
+    batch_max: int = 2000  # bench/gateway_pipeline.py: a backlog drains 1.6x faster than at 500
     batch_age_s: float = 2.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
