@@ -17,6 +17,7 @@ import pytest
 
 from machi_gateway.model import Measurement, Reading, encode_wire
 from machi_gateway.store import Queued, Store
+from machi_gateway.uplink import batcher as batcher_module
 from machi_gateway.uplink import wire
 from machi_gateway.uplink.base import Batch
 from machi_gateway.uplink.batcher import Batcher, BatchPolicy
@@ -176,9 +177,17 @@ async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
 
 async def test_a_400_without_a_corrupt_body_resends_the_same_batch(
     store: Store, until: Any, make_reading: Callable[..., Reading],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A 400 that is not caused by a stored body (e.g. a bad gateway id) deletes nothing:
-    the same batch, byte for byte, goes again once the cloud takes it."""
+    the same batch, byte for byte, goes again once the cloud takes it; its bodies get the
+    full check after the first 400 only."""
+    checked: list[Queued] = []
+
+    def counting(item: Queued) -> bool:
+        checked.append(item)
+        return wire.well_formed(item)
+    monkeypatch.setattr(batcher_module, "well_formed", counting)
     await store.add_many([make_reading(seq=i) for i in range(3)])
     posts: list[bytes] = []
     transport = _strict_cloud(posts)
@@ -198,3 +207,54 @@ async def test_a_400_without_a_corrupt_body_resends_the_same_batch(
             task.cancel()
     assert len(posts) == 3 and posts[0] == posts[1] == posts[2]
     assert store.dead_letters == 0 and batcher.sent == 3
+    assert sorted(q.seq for q in checked) == [0, 1, 2]
+
+
+def _float_last() -> Queued:
+    """A queued reading whose body ends with its one measurement's float (9 bytes)."""
+    r = Reading(device="env-0001", seq=5, time=1_700_000_000.5, received=1_700_000_001.0,
+                transport="coap", measurements=(Measurement("temp", "Cel", 21.5),))
+    q = _queued(r)
+    assert q.body[-9] == 0xFB
+    return q
+
+
+def _array_key(body: bytes) -> bytes:
+    """The measurement map's key "n" replaced by the array [1]."""
+    at = body.rindex(b"\xa3" + cbor2.dumps("n"))
+    return body[:at] + b"\xa3\x81\x01" + body[at + 1 + len(cbor2.dumps("n")):]
+
+
+# Damage that leaves well-formed CBOR which cbor2 decodes with its defaults, but which
+# the cloud's decoder (machi_cloud.batch.decode_cbor) refuses, with the whole batch (400)
+DECODES_BUT_REFUSED: dict[str, Callable[[bytes], bytes]] = {
+    "shared value (tag 28)": lambda b: b[:-9] + b"\xd8\x1c" + b[-9:],
+    "shared value and reference (tags 28, 29)": lambda b: b[:-9] + b"\xd8\x1c\x81\xd8\x1d\x00",
+    "string reference namespace (tag 256)": lambda b: b[:-9] + b"\xd9\x01\x00" + b[-9:],
+    "an array as a map key": _array_key,
+}
+
+
+@pytest.mark.parametrize("damage", DECODES_BUT_REFUSED.values(), ids=DECODES_BUT_REFUSED)
+def test_the_full_check_refuses_cbor_the_cloud_refuses(damage: Callable[[bytes], bytes]) -> None:
+    """Well-formed CBOR is not enough: had the full check passed these, the cloud's 400
+    would have found nothing to drop and refused every later batch with this reading."""
+    good = _float_last()
+    bad = good._replace(body=damage(good.body))
+    cbor2.loads(bad.body)  # decodes
+    assert wire.looks_intact(bad) and not wire.well_formed(bad)
+    assert wire.well_formed(good)
+
+
+@pytest.mark.parametrize("damage", DECODES_BUT_REFUSED.values(), ids=DECODES_BUT_REFUSED)
+def test_the_cloud_refuses_those_batches(damage: Callable[[bytes], bytes]) -> None:
+    """The premise of the test above, checked against the cloud's own parser."""
+    fastbatch = pytest.importorskip("machi_cloud.fastbatch")
+    errors = pytest.importorskip("machi_cloud.errors")
+    good = _float_last()
+    bad = good._replace(body=damage(good.body))
+    batch = Batch(gateway="gw-01", batch_id="gw-01-1", readings=(bad,))
+    with pytest.raises(errors.BadBatch):
+        fastbatch.parse_batch(wire.encode_batch(batch), max_readings=10)
+    fine = Batch(gateway="gw-01", batch_id="gw-01-1", readings=(good,))
+    assert len(fastbatch.parse_batch(wire.encode_batch(fine), max_readings=10).readings) == 1

@@ -16,9 +16,11 @@ Everything that must hold across instances is enforced by the database, never by
 One transaction per batch (READ COMMITTED), a fixed number of round trips whatever its
 size: readings and measurements travel by `COPY` (binary; asyncpg's array encoder costs
 dozens of `isinstance` checks per reading), the few `latest` and `devices` rows as arrays
-through `unnest()`. Those rows are made before the transaction (`_prepare`): a fast-lane
-batch (`batch.ReadingColumns`, no key twice) from its columns, as SQLite does, without
-building its `Reading`s; any other batch from its `Reading`s; the same rows either way.
+through `unnest()`. The batch is made ready before the transaction (`_prepare`; the
+measurement, `latest` and `devices` rows of its new readings inside it, once they are
+known): a fast-lane batch (`batch.ReadingColumns`, no key twice) from its columns, as
+SQLite does, without building its `Reading`s; any other batch from its `Reading`s; the
+same rows either way.
 Schema and migrations: `migrations/postgres.py`; the control plane (registry, commands,
 audit, reports): `postgres_control.py`.
 """

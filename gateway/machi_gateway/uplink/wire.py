@@ -19,7 +19,7 @@ from typing import Any
 import cbor2
 
 from ..errors import UplinkUnavailable
-from ..model import encode_wire
+from ..model import Reading, encode_wire
 from ..store import DeadLetter, Queued
 from .base import Batch, BatchAnswer
 
@@ -28,8 +28,8 @@ _U8 = struct.Struct(">BB").pack
 _U16 = struct.Struct(">BH").pack
 _U32 = struct.Struct(">BI").pack
 _U64 = struct.Struct(">BQ").pack
-_DECODE_ERRORS = (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError,
-                  RecursionError, MemoryError)
+_DECODE_ERRORS = (cbor2.CBORDecodeError, ValueError, TypeError, KeyError, AttributeError,
+                  OverflowError, RecursionError, MemoryError)
 
 
 def _head(major: int, n: int) -> bytes:
@@ -73,16 +73,23 @@ def looks_intact(item: Queued) -> bool:
 
 
 def well_formed(item: Queued) -> bool:
-    """Full check: the body is exactly one well-formed CBOR map with the row's identity
-    (what the cloud needs not to refuse the whole batch, docs/protocol.md §3)."""
+    """Full check: the body is byte for byte what the store writes for the reading it
+    decodes to (:func:`machi_gateway.model.encode_wire`), with the row's identity.
+
+    Well-formed CBOR is not enough: cbor2 decodes shared values and string references
+    (tags 28/29, 25/256) and non-text map keys, all of which the cloud's decoder refuses
+    for the whole batch (400), so such a body would be kept and the batch refused for
+    ever. The store's own encoding has none of them. The uplink decoded every body with
+    ``Reading.from_wire`` before the splice, so a reading this refuses would have stopped
+    it then."""
     try:
         fp = io.BytesIO(item.body)
         doc: Any = cbor2.CBORDecoder(fp).decode()
+        reading = Reading.from_wire(doc)
     except _DECODE_ERRORS:
         return False
-    return (fp.tell() == len(item.body) and isinstance(doc, dict)
-            and doc.get("device") == item.device and type(doc.get("seq")) is int
-            and doc["seq"] == item.seq)
+    return (fp.tell() == len(item.body) and reading.key == (item.device, item.seq)
+            and encode_wire(reading) == item.body)
 
 
 def _bad(why: str) -> UplinkUnavailable:
