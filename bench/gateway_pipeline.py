@@ -8,7 +8,7 @@ measurements, 64 confirmable POSTs in flight, each a new ``(device, seq)``):
   reading committed before its 2.04), the baseline;
 - pipeline:    the same gateway plus the uplink as ``machi_gateway.daemon`` wires it
   (HttpUplink + Batcher, policy and timeouts from the ``[uplink]`` config defaults: a batch
-  per 500 readings or when the oldest has waited 2 s), posting to a real ``machi-cloud``
+  per ``batch_max`` readings or when the oldest has waited 2 s), posting to a real ``machi-cloud``
   (uvicorn, SQLite, the gateway's token in ``MACHI_CLOUD_GATEWAY_TOKENS``; the cloud stores
   readings of devices it has no registration for, so none is provisioned) pinned to CPU 1.
 
@@ -124,12 +124,15 @@ def _start(cmd: list[str], ready: Path, log: Path, env: dict[str, str]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
-    while not ready.exists() or not ready.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"{log.stem} did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())
+    try:
+        while not ready.exists() or not ready.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{log.stem} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        return proc, json.loads(ready.read_text())
+    except BaseException:  # Ctrl-C or a half-written ready file too: no process left behind
+        _stop(proc)
+        raise
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

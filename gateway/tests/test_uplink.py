@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from machi_gateway.errors import BatchConflict, UplinkRefused, UplinkUnavailable
-from machi_gateway.model import Reading
+from machi_gateway.model import Measurement, Reading
 from machi_gateway.store import Store
 from machi_gateway.uplink.base import Batch
 from machi_gateway.uplink.batcher import Batcher, BatchPolicy
@@ -125,6 +125,43 @@ async def test_batches_by_size_oldest_first(
             task.cancel()
     assert sizes == [list(range(10)), list(range(10, 20))]
     assert batcher.sent == 20 and batcher.batches == 2
+
+
+async def test_batches_stay_under_the_byte_budget(
+    until: Any, store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    """Large readings go out fewer per batch: ``batch_max`` of them would pass the cloud's
+    body limit (413 for the same batch for ever); one larger than the budget still leaves."""
+    bodies: list[int] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        bodies.append(len(req.content))
+        body = cbor2.loads(req.content)
+        return httpx.Response(200, content=cbor2.dumps(
+            {"acked": [[r["device"], r["seq"]] for r in body["readings"]], "rejected": []}))
+
+    big = tuple(Measurement(f"m{i}", "u" * 32, 1.5) for i in range(100))  # ~5 KB a body
+    for seq in range(10):
+        await store.add(make_reading(seq=seq, measurements=big))
+    size = len((await store.queued(1))[0].body)
+    policy = BatchPolicy(batch_max=10, batch_max_bytes=3 * size + 1, batch_age_s=0,
+                         backoff_initial_s=0.01, backoff_max_s=0.01)
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=httpx.MockTransport(handler)) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
+        task = asyncio.create_task(batcher.run())
+        try:
+            await until(lambda: store.depth == 0)
+        finally:
+            task.cancel()
+    assert batcher.batches == 4 and batcher.sent == 10  # 3 + 3 + 3 + 1
+    assert all(b < 3 * size + 200 for b in bodies)
+    await store.add(make_reading(seq=10, measurements=big))
+    tiny = BatchPolicy(batch_max=10, batch_max_bytes=1, batch_age_s=0)
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=httpx.MockTransport(handler)) as up:
+        await Batcher(store, up, gateway="gw-01", policy=tiny).drain(2)
+    assert store.depth == 0
 
 
 async def test_batches_by_age(
