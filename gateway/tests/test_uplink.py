@@ -164,6 +164,64 @@ async def test_batches_stay_under_the_byte_budget(
     assert store.depth == 0
 
 
+def _limited_cloud(most: int, too_big: set[int], sizes: list[list[int]]) -> httpx.MockTransport:
+    """A cloud whose `[limits]` take at most `most` readings a batch and refuse the
+    readings with a seq in `too_big` (413, as machi-cloud answers both)."""
+    def handler(req: httpx.Request) -> httpx.Response:
+        body = cbor2.loads(req.content)
+        seqs = [r["seq"] for r in body["readings"]]
+        sizes.append(seqs)
+        if len(seqs) > most or too_big & set(seqs):
+            return httpx.Response(413, json={"title": "Payload Too Large"})
+        return httpx.Response(200, content=cbor2.dumps(
+            {"acked": [[r["device"], r["seq"]] for r in body["readings"]], "rejected": []}))
+    return httpx.MockTransport(handler)
+
+
+async def test_413_halves_the_batches_and_loses_nothing(
+    until: Any, store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    """A cloud taking fewer readings per batch than `batch_max` (413 for each batch as it
+    was): the same readings go out in batches half as long, and stay that short."""
+    await _fill(store, make_reading, 20)
+    sizes: list[list[int]] = []
+    policy = BatchPolicy(batch_max=16, batch_age_s=0, backoff_initial_s=0.01,
+                         backoff_max_s=0.01)
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=_limited_cloud(5, set(), sizes)) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
+        task = asyncio.create_task(batcher.run())
+        try:
+            await until(lambda: store.depth == 0)
+        finally:
+            task.cancel()
+    assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
+    assert sorted(q for s in sizes[2:] for q in s) == list(range(20))
+    assert store.dead_letters == 0 and batcher.sent == 20
+
+
+async def test_413_for_one_reading_alone_dead_letters_it(
+    until: Any, store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    """A reading the cloud refuses as too large even alone cannot hold back the queue: it
+    moves to dead letters, the others are delivered, in full batches again."""
+    await _fill(store, make_reading, 4)
+    sizes: list[list[int]] = []
+    policy = BatchPolicy(batch_max=4, batch_age_s=0, backoff_initial_s=0.01,
+                         backoff_max_s=0.01)
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=_limited_cloud(100, {0}, sizes)) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
+        task = asyncio.create_task(batcher.run())
+        try:
+            await until(lambda: store.depth == 0)
+        finally:
+            task.cancel()
+    assert sizes[:3] == [[0, 1, 2, 3], [0, 1], [0]]
+    assert store.dead_letters == 1 and batcher.sent == 3
+    assert sizes[3:] == [[1, 2, 3]]
+
+
 async def test_batches_by_age(
     until: Any, store: Store, make_reading: Callable[..., Reading]
 ) -> None:

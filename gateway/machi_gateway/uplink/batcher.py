@@ -93,6 +93,7 @@ class Batcher:
         self._rng = rng
         self._batch: Batch | None = None  # kept across retries (same batch_id)
         self._checked: str | None = None  # id of a batch the full check found clean
+        self._cap: int | None = None  # readings per batch the cloud took, after a 413
         self.failures = 0
         self.sent = 0
         self.batches = 0
@@ -151,8 +152,8 @@ class Batcher:
                 pass
 
     async def _next_batch(self) -> Batch | None:
-        queued = _within(await self.store.queued(self.policy.batch_max),
-                         self.policy.batch_max_bytes)
+        most = self.policy.batch_max if self._cap is None else self._cap
+        queued = _within(await self.store.queued(most), self.policy.batch_max_bytes)
         readings = await self._keep_intact(queued, looks_intact)
         if not readings:
             return None
@@ -172,7 +173,9 @@ class Batcher:
             self._batch = None  # the id is burnt: the same readings go out under a new one
             raise
         except UplinkRefused as exc:
-            if exc.status == 400 and await self._drop_malformed(batch):
+            if exc.status == 413:
+                await self._too_large(batch, exc)
+            elif exc.status == 400 and await self._drop_malformed(batch):
                 self._batch = None  # the others go out under a new id
             raise
         keys = {r.key for r in batch.readings}
@@ -227,6 +230,28 @@ class Batcher:
             return True
         self._checked = batch.batch_id
         return False
+
+    async def _too_large(self, batch: Batch, exc: UplinkRefused) -> None:
+        """413: the cloud takes fewer readings or bytes per batch than this one had (its
+        `[limits]` below this gateway's `batch_max`, or readings larger than it allows).
+        Resent as it was, the batch would be refused for ever and hold back the queue; so
+        batches are halved, for as long as this process runs, and a single reading the
+        cloud still refuses goes to dead letters (and full batches resume)."""
+        self._batch = None  # fewer readings, under a new id
+        n = len(batch.readings)
+        if n > 1:
+            self._cap = n // 2
+            log.error("uplink: the cloud refused a batch of %d readings as too large; "
+                      "sending at most %d per batch from now on (check [uplink] batch_max "
+                      "against the cloud's [limits])", n, self._cap)
+            return
+        # that reading was the cause: back to full batches (a cloud that also takes fewer
+        # readings per batch is found out again by halving)
+        self._cap = None
+        r = batch.readings[0]
+        await self.store.dead_letter([DeadLetter(r.device, r.seq, f"too large: {exc}")])
+        log.error("uplink: the cloud refuses %s seq %d alone as too large; moved to dead "
+                  "letters", r.device, r.seq)
 
     def _failed(self, exc: UplinkError | StoreError) -> float:
         self.failures += 1
