@@ -17,7 +17,7 @@ from machi_gateway.errors import BatchConflict, UplinkRefused, UplinkUnavailable
 from machi_gateway.model import Measurement, Reading
 from machi_gateway.store import Store
 from machi_gateway.uplink.base import Batch
-from machi_gateway.uplink.batcher import Batcher, BatchPolicy
+from machi_gateway.uplink.batcher import CAP_HOLD_S, Batcher, BatchPolicy
 from machi_gateway.uplink.http import HttpUplink
 from machi_gateway.uplink.wire import decode_answer, encode_batch
 
@@ -51,7 +51,12 @@ def test_backoff_is_capped_full_jitter() -> None:
 
 async def _fill(store: Store, make_reading: Callable[..., Reading], n: int,
                 device: str = "env-0001") -> list[Reading]:
-    rs = [make_reading(device=device, seq=i) for i in range(n)]
+    return await _fill_from(store, make_reading, 0, n, device)
+
+
+async def _fill_from(store: Store, make_reading: Callable[..., Reading], first: int, end: int,
+                     device: str = "env-0001") -> list[Reading]:
+    rs = [make_reading(device=device, seq=i) for i in range(first, end)]
     for r in rs:
         await store.add(r)
     return rs
@@ -198,6 +203,89 @@ async def test_413_halves_the_batches_and_loses_nothing(
     assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
     assert sorted(q for s in sizes[2:] for q in s) == list(range(20))
     assert store.dead_letters == 0 and batcher.sent == 20
+
+
+async def test_after_a_413_a_batch_as_long_as_the_cloud_takes_leaves_at_once(
+    until: Any, store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    """Once halved, a batch is full at the new length: the readings left behind (fewer than
+    `batch_max`, all fresh) do not wait `batch_age_s` for an age trigger."""
+    await _fill(store, make_reading, 20)
+    sizes: list[list[int]] = []
+    policy = BatchPolicy(batch_max=16, batch_age_s=3600, backoff_initial_s=0.01,
+                         backoff_max_s=0.01)
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=_limited_cloud(5, set(), sizes)) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
+        task = asyncio.create_task(batcher.run())
+        try:
+            await until(lambda: store.depth == 0, within=5)
+        finally:
+            task.cancel()
+    assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
+
+
+async def test_after_a_413_full_batches_are_tried_again_later(
+    until: Any, store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    """The shorter batches last CAP_HOLD_S: then the cloud's limits may have been raised."""
+    ahead = [0.0]  # the batcher's clock runs this far ahead of the real one
+    sizes: list[list[int]] = []
+    policy = BatchPolicy(batch_max=8, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.01)
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=_limited_cloud(5, set(), sizes)) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=policy,
+                          clock=lambda: time.time() + ahead[0])
+        task = asyncio.create_task(batcher.run())
+        try:
+            await store.add_many([make_reading(seq=i) for i in range(8)])
+            await until(lambda: store.depth == 0)
+            assert [len(s) for s in sizes] == [8, 4, 4]
+            ahead[0] = CAP_HOLD_S - 1
+            await store.add_many([make_reading(seq=i) for i in range(8, 16)])
+            await until(lambda: store.depth == 0)
+            assert [len(s) for s in sizes[3:]] == [4, 4]  # still held
+            ahead[0] = CAP_HOLD_S
+            await store.add_many([make_reading(seq=i) for i in range(16, 24)])
+            await until(lambda: store.depth == 0)
+        finally:
+            task.cancel()
+    assert [len(s) for s in sizes[5:]] == [8, 4, 4]  # tried whole again, refused, halved
+    assert store.dead_letters == 0 and batcher.sent == 24
+
+
+async def test_413_for_a_reading_smaller_than_batches_taken_keeps_it(
+    until: Any, store: Store, make_reading: Callable[..., Reading]
+) -> None:
+    """A lone reading refused as too large, though the cloud took more bytes in one batch
+    before, means a limit lowered since (a configuration problem): it stays queued and is
+    retried, and goes once the limit is back; nothing is dead-lettered."""
+    await _fill(store, make_reading, 4)
+    sizes: list[list[int]] = []
+    limit = [100]
+    inner = _limited_cloud(100, set(), sizes)
+
+    async def handler(req: httpx.Request) -> httpx.Response:
+        if len(cbor2.loads(req.content)["readings"]) > limit[0]:
+            sizes.append([])
+            return httpx.Response(413, json={"title": "Payload Too Large"})
+        return await inner.handle_async_request(req)
+    policy = BatchPolicy(batch_max=4, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.01)
+    async with HttpUplink("http://c", token="t", timeout_s=1,
+                          transport=httpx.MockTransport(handler)) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
+        await batcher.drain(2)  # taken whole: the cloud has seen 4 readings in a batch
+        await _fill_from(store, make_reading, 4, 6)
+        limit[0] = 0  # a proxy in front of the cloud now refuses every body
+        task = asyncio.create_task(batcher.run())
+        try:
+            await until(lambda: len(sizes) >= 6)
+            assert store.depth == 2 and store.dead_letters == 0
+            limit[0] = 100
+            await until(lambda: store.depth == 0)
+        finally:
+            task.cancel()
+    assert store.dead_letters == 0 and batcher.sent == 6
 
 
 async def test_413_for_one_reading_alone_dead_letters_it(

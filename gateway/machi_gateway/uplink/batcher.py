@@ -32,6 +32,11 @@ from .wire import looks_intact, well_formed
 
 log = logging.getLogger(__name__)
 
+# How long the shorter batches a 413 led to are kept before full ones are tried again: the
+# cloud's limits may have been raised since, or the 413 came from the bytes of a few
+# large readings, not from the count.
+CAP_HOLD_S = 600.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchPolicy:
@@ -58,6 +63,11 @@ class BatchPolicy:
         """Full jitter: uniform in [0, min(max, initial * 2^(failures-1)))."""
         cap = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** min(failures - 1, 60))
         return rng() * cap
+
+
+def _stored_bytes(batch: Batch) -> int:
+    """The bytes of ``batch``'s stored readings (its body less the map's few head bytes)."""
+    return sum(len(r.body) for r in batch.readings if isinstance(r, Queued))
 
 
 def _within(items: list[Queued], budget: int) -> list[Queued]:
@@ -94,6 +104,8 @@ class Batcher:
         self._batch: Batch | None = None  # kept across retries (same batch_id)
         self._checked: str | None = None  # id of a batch the full check found clean
         self._cap: int | None = None  # readings per batch the cloud took, after a 413
+        self._cap_until = 0.0
+        self._largest_ok = 0  # stored bytes of the largest batch the cloud has taken
         self.failures = 0
         self.sent = 0
         self.batches = 0
@@ -137,7 +149,7 @@ class Batcher:
         while True:
             self.store.changed.clear()  # before looking, so no commit is missed
             wait: float | None = None
-            if self.store.depth >= self.policy.batch_max:
+            if self.store.depth >= self._most():
                 return
             if self.store.depth > 0:
                 oldest = await self.store.oldest_received()
@@ -151,9 +163,16 @@ class Batcher:
             except TimeoutError:
                 pass
 
+    def _most(self) -> int:
+        """Readings in a full batch: ``batch_max``, or fewer since a 413 (so a batch that
+        long leaves at once instead of waiting ``batch_age_s``) until ``CAP_HOLD_S`` after
+        that 413."""
+        if self._cap is not None and self._clock() >= self._cap_until:
+            self._cap = None
+        return self.policy.batch_max if self._cap is None else self._cap
+
     async def _next_batch(self) -> Batch | None:
-        most = self.policy.batch_max if self._cap is None else self._cap
-        queued = _within(await self.store.queued(most), self.policy.batch_max_bytes)
+        queued = _within(await self.store.queued(self._most()), self.policy.batch_max_bytes)
         readings = await self._keep_intact(queued, looks_intact)
         if not readings:
             return None
@@ -193,6 +212,7 @@ class Batcher:
                         "queued", batch.batch_id, missing)
         if not acked and not rejected:
             raise UplinkError(f"batch {batch.batch_id}: the answer acknowledges nothing")
+        self._largest_ok = max(self._largest_ok, _stored_bytes(batch))
         self.sent += deleted
         self.batches += 1
         self.failures = 0
@@ -235,18 +255,28 @@ class Batcher:
         """413: the cloud takes fewer readings or bytes per batch than this one had (its
         `[limits]` below this gateway's `batch_max`, or readings larger than it allows).
         Resent as it was, the batch would be refused for ever and hold back the queue; so
-        batches are halved, for as long as this process runs, and a single reading the
-        cloud still refuses goes to dead letters (and full batches resume)."""
+        batches are halved (for ``CAP_HOLD_S``). A single reading the cloud still refuses
+        goes to dead letters if it is larger than any batch the cloud has taken (then it
+        was the cause, and full batches resume); if not, the cloud's or a proxy's limit
+        was lowered, a configuration problem like a 401: the reading stays queued and is
+        retried with backoff, loudly."""
         self._batch = None  # fewer readings, under a new id
         n = len(batch.readings)
         if n > 1:
             self._cap = n // 2
+            self._cap_until = self._clock() + CAP_HOLD_S
             log.error("uplink: the cloud refused a batch of %d readings as too large; "
-                      "sending at most %d per batch from now on (check [uplink] batch_max "
-                      "against the cloud's [limits])", n, self._cap)
+                      "sending at most %d per batch for %.0f s (check [uplink] batch_max "
+                      "against the cloud's [limits])", n, self._cap, CAP_HOLD_S)
             return
-        # that reading was the cause: back to full batches (a cloud that also takes fewer
-        # readings per batch is found out again by halving)
+        size = _stored_bytes(batch)
+        if size <= self._largest_ok:
+            self._batch = batch
+            log.error("uplink: the cloud refuses one reading of %d bytes as too large, "
+                      "though it took %d bytes in one batch before: check its [limits] "
+                      "and any proxy in front of it; the reading stays queued",
+                      size, self._largest_ok)
+            return
         self._cap = None
         r = batch.readings[0]
         await self.store.dead_letter([DeadLetter(r.device, r.seq, f"too large: {exc}")])
