@@ -159,7 +159,7 @@ _U64 = struct.Struct(">BQ").pack
 _INF = math.inf
 
 
-def _uint(major: int, n: int) -> bytes:
+def cbor_head(major: int, n: int) -> bytes:
     """The CBOR head of major type ``major`` (shifted) and argument ``0 <= n < 2**64``."""
     if n < 24:
         return bytes((major | n,))
@@ -178,7 +178,7 @@ def _number(v: Any) -> bytes:
     if kind is float and -_INF < v < _INF:
         return _F64(0xFB, v)
     if kind is int and -0x10000000000000000 <= v < 0x10000000000000000:
-        return _uint(0x00, v) if v >= 0 else _uint(0x20, -1 - v)
+        return cbor_head(0x00, v) if v >= 0 else cbor_head(0x20, -1 - v)
     return _dumps(v)
 
 

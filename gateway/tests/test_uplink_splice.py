@@ -15,7 +15,7 @@ import cbor2
 import httpx
 import pytest
 
-from machi_gateway.model import Measurement, Reading, encode_wire
+from machi_gateway.model import Measurement, Reading, cbor_head, encode_wire
 from machi_gateway.store import Queued, Store
 from machi_gateway.uplink import batcher as batcher_module
 from machi_gateway.uplink import wire
@@ -66,7 +66,7 @@ async def test_splice_is_byte_identical_to_the_old_encoding(store: Store, n: int
 def test_array_head_is_cbor2s(n: int) -> None:
     fp = io.BytesIO()
     cbor2.CBOREncoder(fp).encode_length(4, n)
-    assert wire._head(0x80, n) == fp.getvalue()
+    assert cbor_head(0x80, n) == fp.getvalue()
 
 
 def test_looks_intact() -> None:

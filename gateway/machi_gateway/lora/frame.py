@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from ..errors import BadReading, UnknownDevice
-from ..model import SEQ_LIMIT, Measurement, Reading, Value
+from ..model import SEQ_LIMIT, Measurement, Reading, Value, cbor_head
 from .profiles import Profile, results, table
 
 MIC_LEN = 4
@@ -268,12 +268,7 @@ def encode(profile: Profile, short_id: int, seq: int, key: bytes,
 
 
 def _head(major: int, arg: int) -> bytes:
-    if arg < 24:
-        return bytes([major << 5 | arg])
-    for ai, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if arg < 1 << (8 * width):
-            return bytes([major << 5 | ai]) + arg.to_bytes(width, "big")
-    raise ValueError("integer beyond 64 bits")
+    return cbor_head(major << 5, arg)
 
 
 def _cbor_array(items: Sequence[int | None], res: Mapping[int, str]) -> bytes:

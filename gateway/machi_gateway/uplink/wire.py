@@ -13,43 +13,25 @@ from __future__ import annotations
 
 import functools
 import io
-import struct
 from typing import Any
 
 import cbor2
 
 from ..errors import UplinkUnavailable
-from ..model import Reading, encode_wire
+from ..model import Reading, cbor_head, encode_wire
 from ..store import DeadLetter, Queued
 from .base import Batch, BatchAnswer
 
 _dumps = cbor2.dumps
-_U8 = struct.Struct(">BB").pack
-_U16 = struct.Struct(">BH").pack
-_U32 = struct.Struct(">BI").pack
-_U64 = struct.Struct(">BQ").pack
 _DECODE_ERRORS = (cbor2.CBORDecodeError, ValueError, TypeError, KeyError, AttributeError,
                   OverflowError, RecursionError, MemoryError)
-
-
-def _head(major: int, n: int) -> bytes:
-    """The CBOR head of major type ``major`` (shifted) and argument ``0 <= n < 2**64``."""
-    if n < 24:
-        return bytes((major | n,))
-    if n < 0x100:
-        return _U8(major | 24, n)
-    if n < 0x10000:
-        return _U16(major | 25, n)
-    if n < 0x100000000:
-        return _U32(major | 26, n)
-    return _U64(major | 27, n)
 
 
 def encode_batch(batch: Batch) -> bytes:
     """``{gateway, batch_id, readings[...]}`` with text keys, exactly as cbor2 writes it."""
     items = batch.readings
     head = b"".join((b"\xa3", _dumps("gateway"), _dumps(batch.gateway), _dumps("batch_id"),
-                     _dumps(batch.batch_id), _dumps("readings"), _head(0x80, len(items))))
+                     _dumps(batch.batch_id), _dumps("readings"), cbor_head(0x80, len(items))))
     return head + b"".join([r.body if isinstance(r, Queued) else encode_wire(r) for r in items])
 
 
@@ -69,7 +51,7 @@ def looks_intact(item: Queued) -> bool:
             or not 0 <= seq < 2**64):
         return False
     head = _identity_head(device)
-    return body.startswith(head) and body.startswith(_head(0x00, seq), len(head))
+    return body.startswith(head) and body.startswith(cbor_head(0x00, seq), len(head))
 
 
 def well_formed(item: Queued) -> bool:
