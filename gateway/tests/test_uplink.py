@@ -104,20 +104,43 @@ async def test_http_status_mapping(
             await up.send(Batch(gateway="gw-01", batch_id="b", readings=(make_reading(),)))
 
 
+def _ack_all(req: httpx.Request) -> httpx.Response:
+    """The cloud's answer acknowledging every reading of the batch in ``req``."""
+    body = cbor2.loads(req.content)
+    return httpx.Response(200, content=cbor2.dumps(
+        {"acked": [[r["device"], r["seq"]] for r in body["readings"]], "rejected": []}))
+
+
+def _quick(batch_max: int, batch_age_s: float = 0, **kw: Any) -> BatchPolicy:
+    """A policy whose retries come at once."""
+    return BatchPolicy(batch_max=batch_max, batch_age_s=batch_age_s, backoff_initial_s=0.01,
+                       backoff_max_s=0.01, **kw)
+
+
+async def _upload_all(until: Any, store: Store, transport: httpx.AsyncBaseTransport,
+                      policy: BatchPolicy, **wait: Any) -> Batcher:
+    """Run a batcher over ``transport`` until the queue is empty."""
+    async with HttpUplink("http://c", token="t", timeout_s=1, transport=transport) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
+        task = asyncio.create_task(batcher.run())
+        try:
+            await until(lambda: store.depth == 0, **wait)
+        finally:
+            task.cancel()
+    return batcher
+
+
 async def test_batches_by_size_oldest_first(
     until: Any, store: Store, make_reading: Callable[..., Reading]
 ) -> None:
     sizes: list[list[int]] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
-        body = cbor2.loads(req.content)
-        sizes.append([r["seq"] for r in body["readings"]])
-        return httpx.Response(200, content=cbor2.dumps(
-            {"acked": [[r["device"], r["seq"]] for r in body["readings"]], "rejected": []}))
+        sizes.append([r["seq"] for r in cbor2.loads(req.content)["readings"]])
+        return _ack_all(req)
 
     await _fill(store, make_reading, 25)
-    policy = BatchPolicy(batch_max=10, batch_age_s=3600, backoff_initial_s=0.01,
-                         backoff_max_s=0.01)
+    policy = _quick(10, batch_age_s=3600)
     async with HttpUplink("http://c", token="t", timeout_s=1,
                           transport=httpx.MockTransport(handler)) as up:
         batcher = Batcher(store, up, gateway="gw-01", policy=policy)
@@ -141,24 +164,14 @@ async def test_batches_stay_under_the_byte_budget(
 
     def handler(req: httpx.Request) -> httpx.Response:
         bodies.append(len(req.content))
-        body = cbor2.loads(req.content)
-        return httpx.Response(200, content=cbor2.dumps(
-            {"acked": [[r["device"], r["seq"]] for r in body["readings"]], "rejected": []}))
+        return _ack_all(req)
 
     big = tuple(Measurement(f"m{i}", "u" * 32, 1.5) for i in range(100))  # ~5 KB a body
     for seq in range(10):
         await store.add(make_reading(seq=seq, measurements=big))
     size = len((await store.queued(1))[0].body)
-    policy = BatchPolicy(batch_max=10, batch_max_bytes=3 * size + 1, batch_age_s=0,
-                         backoff_initial_s=0.01, backoff_max_s=0.01)
-    async with HttpUplink("http://c", token="t", timeout_s=1,
-                          transport=httpx.MockTransport(handler)) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
-        task = asyncio.create_task(batcher.run())
-        try:
-            await until(lambda: store.depth == 0)
-        finally:
-            task.cancel()
+    batcher = await _upload_all(until, store, httpx.MockTransport(handler),
+                                _quick(10, batch_max_bytes=3 * size + 1))
     assert batcher.batches == 4 and batcher.sent == 10  # 3 + 3 + 3 + 1
     assert all(b < 3 * size + 200 for b in bodies)
     await store.add(make_reading(seq=10, measurements=big))
@@ -178,8 +191,7 @@ def _limited_cloud(most: int, too_big: set[int], sizes: list[list[int]]) -> http
         sizes.append(seqs)
         if len(seqs) > most or too_big & set(seqs):
             return httpx.Response(413, json={"title": "Payload Too Large"})
-        return httpx.Response(200, content=cbor2.dumps(
-            {"acked": [[r["device"], r["seq"]] for r in body["readings"]], "rejected": []}))
+        return _ack_all(req)
     return httpx.MockTransport(handler)
 
 
@@ -190,16 +202,7 @@ async def test_413_halves_the_batches_and_loses_nothing(
     was): the same readings go out in batches half as long, and stay that short."""
     await _fill(store, make_reading, 20)
     sizes: list[list[int]] = []
-    policy = BatchPolicy(batch_max=16, batch_age_s=0, backoff_initial_s=0.01,
-                         backoff_max_s=0.01)
-    async with HttpUplink("http://c", token="t", timeout_s=1,
-                          transport=_limited_cloud(5, set(), sizes)) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
-        task = asyncio.create_task(batcher.run())
-        try:
-            await until(lambda: store.depth == 0)
-        finally:
-            task.cancel()
+    batcher = await _upload_all(until, store, _limited_cloud(5, set(), sizes), _quick(16))
     assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
     assert sorted(q for s in sizes[2:] for q in s) == list(range(20))
     assert store.dead_letters == 0 and batcher.sent == 20
@@ -212,16 +215,8 @@ async def test_after_a_413_a_batch_as_long_as_the_cloud_takes_leaves_at_once(
     `batch_max`, all fresh) do not wait `batch_age_s` for an age trigger."""
     await _fill(store, make_reading, 20)
     sizes: list[list[int]] = []
-    policy = BatchPolicy(batch_max=16, batch_age_s=3600, backoff_initial_s=0.01,
-                         backoff_max_s=0.01)
-    async with HttpUplink("http://c", token="t", timeout_s=1,
-                          transport=_limited_cloud(5, set(), sizes)) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
-        task = asyncio.create_task(batcher.run())
-        try:
-            await until(lambda: store.depth == 0, within=5)
-        finally:
-            task.cancel()
+    await _upload_all(until, store, _limited_cloud(5, set(), sizes),
+                      _quick(16, batch_age_s=3600), within=5)
     assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
 
 
@@ -231,10 +226,9 @@ async def test_after_a_413_full_batches_are_tried_again_later(
     """The shorter batches last CAP_HOLD_S: then the cloud's limits may have been raised."""
     ahead = [0.0]  # the batcher's clock runs this far ahead of the real one
     sizes: list[list[int]] = []
-    policy = BatchPolicy(batch_max=8, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.01)
     async with HttpUplink("http://c", token="t", timeout_s=1,
                           transport=_limited_cloud(5, set(), sizes)) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=policy,
+        batcher = Batcher(store, up, gateway="gw-01", policy=_quick(8),
                           clock=lambda: time.time() + ahead[0])
         task = asyncio.create_task(batcher.run())
         try:
@@ -270,10 +264,9 @@ async def test_413_for_a_reading_smaller_than_batches_taken_keeps_it(
             sizes.append([])
             return httpx.Response(413, json={"title": "Payload Too Large"})
         return await inner.handle_async_request(req)
-    policy = BatchPolicy(batch_max=4, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.01)
     async with HttpUplink("http://c", token="t", timeout_s=1,
                           transport=httpx.MockTransport(handler)) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
+        batcher = Batcher(store, up, gateway="gw-01", policy=_quick(4))
         await batcher.drain(2)  # taken whole: the cloud has seen 4 readings in a batch
         await _fill_from(store, make_reading, 4, 6)
         limit[0] = 0  # a proxy in front of the cloud now refuses every body
@@ -295,16 +288,7 @@ async def test_413_for_one_reading_alone_dead_letters_it(
     moves to dead letters, the others are delivered, in full batches again."""
     await _fill(store, make_reading, 4)
     sizes: list[list[int]] = []
-    policy = BatchPolicy(batch_max=4, batch_age_s=0, backoff_initial_s=0.01,
-                         backoff_max_s=0.01)
-    async with HttpUplink("http://c", token="t", timeout_s=1,
-                          transport=_limited_cloud(100, {0}, sizes)) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
-        task = asyncio.create_task(batcher.run())
-        try:
-            await until(lambda: store.depth == 0)
-        finally:
-            task.cancel()
+    batcher = await _upload_all(until, store, _limited_cloud(100, {0}, sizes), _quick(4))
     assert sizes[:3] == [[0, 1, 2, 3], [0, 1], [0]]
     assert store.dead_letters == 1 and batcher.sent == 3
     assert sizes[3:] == [[1, 2, 3]]
@@ -317,12 +301,9 @@ async def test_batches_by_age(
 
     def handler(req: httpx.Request) -> httpx.Response:
         sent_at.append(time.monotonic())
-        body = cbor2.loads(req.content)
-        return httpx.Response(200, content=cbor2.dumps(
-            {"acked": [[r["device"], r["seq"]] for r in body["readings"]], "rejected": []}))
+        return _ack_all(req)
 
-    policy = BatchPolicy(batch_max=100, batch_age_s=0.3, backoff_initial_s=0.01,
-                         backoff_max_s=0.01)
+    policy = _quick(100, batch_age_s=0.3)
     async with HttpUplink("http://c", token="t", timeout_s=1,
                           transport=httpx.MockTransport(handler)) as up:
         batcher = Batcher(store, up, gateway="gw-01", policy=policy)
