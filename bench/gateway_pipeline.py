@@ -54,6 +54,8 @@ from bench.gateway_coap import (
     drive,
     start_server,
 )
+from machi_tools.procs import ManagedProcess
+from machi_tools.system import Cloud
 
 GATEWAY = "gw-01"
 TOKEN = "bench-secret"
@@ -103,8 +105,10 @@ async def serve(ready: Path, data: Path, cloud: str, batch_max: int | None) -> N
             Core(registry, store, IngressStats()), host="127.0.0.1", port=0, max_payload=1024))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(batcher.run(), name="uplink")
-            await asyncio.to_thread(ready.write_text, json.dumps(
+            part = ready.with_suffix(".part")  # written whole, then renamed: never half-read
+            await asyncio.to_thread(part.write_text, json.dumps(
                 {"port": coap.address[1], "batch_max": up.batch_max}))
+            part.replace(ready)
             await asyncio.Event().wait()
 
 
@@ -117,25 +121,15 @@ def _pinned(cmd: list[str], cpu: int) -> list[str]:
     return cmd
 
 
-def _start(cmd: list[str], ready: Path, log: Path, env: dict[str, str]
-           ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start ``cmd`` and wait for its ready file (JSON); the process is killed if it never
-    comes."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    try:
-        while not ready.exists() or not ready.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{log.stem} did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        return proc, json.loads(ready.read_text())
-    except BaseException:  # Ctrl-C or a half-written ready file too: no process left behind
-        _stop(proc)
-        raise
+def _pin(pid: int, cpu: int) -> None:
+    """Pin every thread of a running process (its later threads inherit it)."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {cpu})
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """bench/gateway_coap.py's server: SIGTERM, then SIGKILL."""
     proc.terminate()
     try:
         proc.wait(15)
@@ -144,34 +138,36 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-def start_cloud(tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """A real ``machi-cloud`` on a fresh SQLite database, pinned to CPU 1; returns the
-    process, its URL and its database."""
-    db = tmp / "cloud.sqlite3"
-    ready = tmp / "cloud.ready"
-    script = Path(sys.executable).parent / "machi-cloud"
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "machi_cloud.cli"]
-    argv += ["--db", str(db), "--port", "0", "--ready-file", str(ready),
-             "--log-level", "warning"]
-    env = {**os.environ, "MACHI_CLOUD_GATEWAY_TOKENS": f"{GATEWAY}={TOKEN}"}
-    proc, doc = _start(_pinned(argv, 1), ready, tmp / "cloud.log", env)
-    return proc, str(doc["url"]), db
+def start_cloud(tmp: Path) -> tuple[Cloud, Path]:
+    """A real ``machi-cloud`` on a fresh SQLite database (as the demo and the HIL tests
+    start it), pinned to CPU 1; returns it and its database."""
+    cloud = Cloud(workdir=tmp / "cloud", gateway_id=GATEWAY, token=TOKEN)
+    cloud.start()
+    assert cloud.process is not None
+    _pin(cloud.process.pid, 1)
+    return cloud, cloud.workdir / "cloud.sqlite"
 
 
-def start_pipeline(tmp: Path, cloud: str) -> tuple[subprocess.Popen[bytes], int, int, Path]:
+def start_pipeline(tmp: Path, cloud: str) -> tuple[ManagedProcess, int, int, Path]:
     """The pipeline gateway pinned to CPU 0; returns the process, its CoAP port, its batch
     size and its queue database."""
     data = tmp / "pipeline"
     data.mkdir()
-    ready = tmp / "pipeline.ready"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "gateway"), str(ROOT),
-                                         env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "bench.gateway_pipeline", "--serve", "--ready", str(ready),
-           "--data", str(data), "--cloud", cloud]
+    cmd = [sys.executable, "-m", "bench.gateway_pipeline", "--serve", "--ready",
+           str(tmp / "pipeline.ready"), "--data", str(data), "--cloud", cloud]
     if os.environ.get("MACHI_BENCH_BATCH_MAX"):  # else the [uplink] default
         cmd += ["--batch-max", os.environ["MACHI_BENCH_BATCH_MAX"]]
-    proc, doc = _start(_pinned(cmd, 0), ready, tmp / "pipeline.log", env)
+    proc = ManagedProcess(
+        name="pipeline", argv=_pinned(cmd, 0), log_path=tmp / "pipeline.log",
+        ready_file=tmp / "pipeline.ready",
+        env={"PYTHONPATH": os.pathsep.join([str(ROOT / "gateway"), str(ROOT),
+                                            os.environ.get("PYTHONPATH", "")])})
+    proc.start()
+    try:
+        doc = proc.wait_ready(60)
+    except BaseException:  # Ctrl-C too: no process left behind
+        proc.stop()
+        raise
     return proc, int(doc["port"]), int(doc["batch_max"]), data / "queue.sqlite3"
 
 
@@ -247,9 +243,11 @@ def ingest_only(tmp: Path, tpl: Template, seconds: float, seq_base: int) -> Wind
     return Window(ingested, wall, cpu, cpu)
 
 
-def pipeline(tmp: Path, cloud: subprocess.Popen[bytes], url: str, cloud_db: Path,
+def pipeline(tmp: Path, cloud: Cloud, cloud_db: Path,
              tpl: Template, seconds: float, seq_base: int) -> Window:
-    proc, port, batch_max, queue_db = start_pipeline(tmp, url)
+    proc, port, batch_max, queue_db = start_pipeline(tmp, cloud.url)
+    assert cloud.process is not None
+    cloud_pid = cloud.process.pid
 
     def below(n: int) -> Callable[[], bool]:
         return lambda: count(queue_db, "queue", upto=n) < n
@@ -257,24 +255,24 @@ def pipeline(tmp: Path, cloud: subprocess.Popen[bytes], url: str, cloud_db: Path
     try:
         warm, _ = timed_drive(port, 0.3, seq_base, tpl)
         if wait_until(below(1), time.perf_counter(), _DRAIN_TIMEOUT_S) is None:
-            logs = "\n".join(f"{n}: {(tmp / n).read_text()[-1000:]}"
-                             for n in ("pipeline.log", "cloud.log"))
+            logs = "\n".join(f"{log.name}: {log.read_text()[-1000:]}" for log in (
+                tmp / "pipeline.log", cloud.workdir / "logs" / "cloud.log"))
             raise RuntimeError(f"the warm-up's readings never reached the cloud\n{logs}")
         stored0 = count(cloud_db, "samples")
-        cpu0, cloud0 = cpu_seconds(proc.pid), cpu_seconds(cloud.pid)
+        cpu0, cloud0 = cpu_seconds(proc.pid), cpu_seconds(cloud_pid)
         ingested, wall = timed_drive(port, seconds, seq_base + 10**7, tpl)
         end = time.perf_counter()
-        window_cpu, window_cloud = cpu_seconds(proc.pid) - cpu0, cpu_seconds(cloud.pid) - cloud0
+        window_cpu, window_cloud = cpu_seconds(proc.pid) - cpu0, cpu_seconds(cloud_pid) - cloud0
         stored1 = count(cloud_db, "samples")
         backlog = count(queue_db, "queue")
         under_batch = wait_until(below(batch_max), end, _DRAIN_TIMEOUT_S)
         drain_cpu = cpu_seconds(proc.pid) - cpu0 - window_cpu
-        drain_cloud = cpu_seconds(cloud.pid) - cloud0 - window_cloud
+        drain_cloud = cpu_seconds(cloud_pid) - cloud0 - window_cloud
         empty = wait_until(below(1), end, _DRAIN_TIMEOUT_S)
-        cpu, cloud_cpu = cpu_seconds(proc.pid) - cpu0, cpu_seconds(cloud.pid) - cloud0
+        cpu, cloud_cpu = cpu_seconds(proc.pid) - cpu0, cpu_seconds(cloud_pid) - cloud0
         stored = count(cloud_db, "samples")
     finally:
-        _stop(proc)
+        proc.stop()
     if empty is not None and stored != warm + ingested:
         print(f"  warning: the cloud holds {stored} readings, {warm + ingested} were answered "
               "2.04 (a request whose answer was lost still had its readings stored)")
@@ -327,14 +325,14 @@ def run() -> None:
           "generator on CPU 1")
     with tempfile.TemporaryDirectory(prefix="machi-bench-") as name:
         tmp = Path(name)
-        cloud, url, cloud_db = start_cloud(tmp)
+        cloud, cloud_db = start_cloud(tmp)
         try:
             # the baseline before and after: the machine's speed drifts by tens of % a minute
             before = ingest_only(tmp / "before", tpl, seconds, seq_base)
-            pipe = pipeline(tmp, cloud, url, cloud_db, tpl, seconds, seq_base + 10**8)
+            pipe = pipeline(tmp, cloud, cloud_db, tpl, seconds, seq_base + 10**8)
             after = ingest_only(tmp / "after", tpl, seconds, seq_base + 2 * 10**8)
         finally:
-            _stop(cloud)
+            cloud.stop()
     report(before, pipe, after)
 
 
