@@ -253,6 +253,16 @@ async def paired_sqlite(
     return readings / min(t_raws), readings / min(t_apis), statistics.median(ratios)
 
 
+async def print_paired(tmp: Path, raw: list[bytes], batches: list[Batch], repeat: int) -> float:
+    """`paired_sqlite`, printed as one line (the full run and `paired` alone); the ratio."""
+    raw_rate, api_rate, ratio = await paired_sqlite(tmp, raw, batches, repeat)
+    print(
+        f"  sqlite    paired, batch by batch: raw {raw_rate:8,.0f}/s"
+        f"   api {api_rate:8,.0f}/s   api / raw {ratio:4.0%} (median of {repeat})"
+    )
+    return ratio
+
+
 def through_http(db: list[str], raw: list[bytes], tmp: Path) -> float:
     """A real `machi-cloud` (uvicorn) process pinned to another CPU than this client."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -390,12 +400,8 @@ async def amain(readings: int, repeat: int) -> dict[str, float]:
                 print(f"  postgres: skipped ({exc})")
             for name, server in backends:
                 if server is None:
-                    raw_rate, api_rate, ratio = await paired_sqlite(Path(tmp), raw, batches, repeat)
+                    ratio = await print_paired(Path(tmp), raw, batches, repeat)
                     results.update({"sqlite_paired_ratio": ratio})
-                    print(
-                        f"  sqlite    paired, batch by batch: raw {raw_rate:8,.0f}/s"
-                        f"   api {api_rate:8,.0f}/s   api / raw {ratio:4.0%} (median of {repeat})"
-                    )
                 rates = await measure(Backend(name, Path(tmp), server), raw, batches, repeat)
                 results.update({f"{name}_{path}": rate for path, rate in rates.items()})
                 raw_rate = rates["raw"]
@@ -450,12 +456,7 @@ async def paired_only(readings: int, repeat: int) -> float:
     freeze_startup_objects()
     print(f"  {pin_to_one_cpu()}; {readings} readings per run, batches of {BATCH}")
     with tempfile.TemporaryDirectory(prefix="machi-bench-") as tmp:
-        raw_rate, api_rate, ratio = await paired_sqlite(Path(tmp), raw, batches, repeat)
-    print(
-        f"  sqlite    paired, batch by batch: raw {raw_rate:8,.0f}/s"
-        f"   api {api_rate:8,.0f}/s   api / raw {ratio:4.0%} (median of {repeat})"
-    )
-    return ratio
+        return await print_paired(Path(tmp), raw, batches, repeat)
 
 
 if __name__ == "__main__":

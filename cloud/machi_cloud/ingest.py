@@ -13,7 +13,6 @@ import logging
 from collections import Counter
 from typing import Any
 
-import cbor2
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -199,4 +198,4 @@ async def post_batch(request: Request) -> Response:
         )
     if _wants_json(request):
         return JSONResponse(result.answer())
-    return Response(content=result.encoded or cbor2.dumps(result.answer()), media_type=CBOR)
+    return Response(content=result.encoded or result.encode(), media_type=CBOR)

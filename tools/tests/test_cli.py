@@ -19,7 +19,6 @@ from machi_tools.system import Cloud, Gateway, fleet_specs, stop_system
 Machi = Callable[..., subprocess.CompletedProcess[str]]
 
 
-
 def test_demo_shows_every_node_within_30_seconds_and_stops_cleanly(demo_run: Any) -> None:
     out, tmp_path = demo_run.out, demo_run.workdir
     assert demo_run.returncode == 0, out
@@ -79,7 +78,7 @@ def test_bad_usage_exits_2_with_a_clear_message(
 
 def test_fleet_without_nodes_is_refused(tmp_path: Path, machi: Machi) -> None:
     result = machi("fleet", "--gateway", "127.0.0.1:5683", "--env", "0",
-                       "--workdir", str(tmp_path))
+                   "--workdir", str(tmp_path))
     assert result.returncode == 2
     assert "no nodes" in result.stdout
 

@@ -34,7 +34,6 @@ from machi_tools.system import (
 Machi = Callable[..., subprocess.CompletedProcess[str]]
 
 
-
 def test_fleet_help_shows_the_transport_examples() -> None:
     from machi_tools.cli import build_parser
 

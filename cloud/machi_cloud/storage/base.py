@@ -75,10 +75,11 @@ class BatchResult:
             "stored": self.stored,
             "duplicates": self.duplicates,
             "acked": [[device, seq] for device, seq in self.acked],
-            "rejected": [
-                {"device": r.device, "seq": r.seq, "reason": r.reason} for r in self.rejected
-            ],
+            "rejected": self._rejected_answer(),
         }
+
+    def _rejected_answer(self) -> list[dict[str, Any]]:
+        return [{"device": r.device, "seq": r.seq, "reason": r.reason} for r in self.rejected]
 
     def encode(self) -> bytes:
         """`cbor2.dumps(self.answer())`, the same bytes, cheaper: cbor2 costs ~0.4 us per
@@ -90,14 +91,7 @@ class BatchResult:
         head = cbor2.dumps(
             {"batch_id": self.batch_id, "stored": self.stored, "duplicates": self.duplicates}
         )
-        tail = cbor2.dumps(
-            {
-                "rejected": [
-                    {"device": r.device, "seq": r.seq, "reason": r.reason}
-                    for r in self.rejected
-                ]
-            }
-        )
+        tail = cbor2.dumps({"rejected": self._rejected_answer()})
         # a map of 3 and one of 1 (one-byte headers 0xa3, 0xa1) joined into one of 5
         return b"\xa5" + head[1:] + _ACKED_KEY + acked + tail[1:]
 

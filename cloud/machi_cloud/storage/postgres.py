@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ..batch import Reading, ReadingColumns, Rejection, Value
+from ..batch import Reading, Rejection, Value
 from ..errors import StorageUnavailable
 from . import postgres_control as control
 from . import rows
@@ -533,12 +533,9 @@ async def _keep_session(conn: Any) -> None:
 
 def _prepare(readings: Sequence[Reading]) -> _Prepared | _PreparedColumns:
     """A fast-lane batch (`ReadingColumns`, its keys distinct) from its columns, any other
-    from its `Reading`s: the same rows either way (`tests/test_pg_columns.py`)."""
-    if type(readings) is ReadingColumns:
-        columns = rows.SortedColumns.of(readings)
-        if columns is not None:
-            return _PreparedColumns(columns)
-    return _Prepared(readings)
+    from its `Reading`s: the same rows either way (`tests/test_column_path.py`)."""
+    columns = rows.SortedColumns.of(readings)
+    return _Prepared(readings) if columns is None else _PreparedColumns(columns)
 
 
 class _Prepared:

@@ -153,10 +153,11 @@ class SortedColumns:
     no Python step per reading: its keys, and the readings in key order `(device, seq)`
     as columns, each reading's measurements as `(device, seq, metric, unit, value)` rows.
 
-    `of(columns)` is None when the batch repeats a key (the generic path handles the
-    first-wins rule then). `only(keys)` keeps the readings with those keys (the new ones).
-    Every method gives what the per-reading helpers above give for the same readings
-    (`tests/test_storage_rows.py` compares them)."""
+    `of(readings)` is None unless they are `ReadingColumns` (the parser's fast lane) with
+    no key twice (the generic path handles the first-wins rule then). `only(keys)` keeps
+    the readings with those keys (the new ones). Every method gives what the per-reading
+    helpers above give for the same readings (`tests/test_column_path.py` compares
+    them)."""
 
     __slots__ = (
         "acked", "devices", "groups", "received", "seqs", "times", "transports", "uniform",
@@ -176,7 +177,10 @@ class SortedColumns:
         self.uniform = uniform
 
     @classmethod
-    def of(cls, c: ReadingColumns) -> SortedColumns | None:
+    def of(cls, readings: Sequence[Reading]) -> SortedColumns | None:
+        if type(readings) is not ReadingColumns:
+            return None
+        c = readings
         n = len(c.devices)
         acked = tuple(zip(c.devices, c.seqs, strict=True))
         # a stable sort by device is key order when each device's seqs rise through the
@@ -246,9 +250,7 @@ class SortedColumns:
         if self.uniform:  # the newest reading of each device has them all
             last = dict(zip(self.devices, range(len(self.devices)), strict=True))
             times, groups = self.times, self.groups
-            return [
-                (d, n, q, times[i], u, v) for i in last.values() for d, q, n, u, v in groups[i]
-            ]
+            return [(d, n, q, times[i], u, v) for i in last.values() for d, q, n, u, v in groups[i]]
         times_of = dict(zip(zip(self.devices, self.seqs, strict=True), self.times, strict=True))
         return [
             (d, n, q, times_of[d, q], u, v)

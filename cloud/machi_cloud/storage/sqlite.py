@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..batch import Reading, ReadingColumns, Rejection, Value
+from ..batch import Reading, Rejection, Value
 from ..errors import StorageUnavailable
 from . import rows
 from . import sqlite_control as control
@@ -289,9 +289,9 @@ class SQLiteStorage(Storage):
         count says every reading was new (the usual case) no lookup is needed, else the
         rows this batch wrote are those carrying its (gateway, batch_id), which no earlier
         batch can have (its `batches` row would exist and this would be a replay).
-        A fast-lane batch (`ReadingColumns`) is written from its columns, any other from
-        its readings: the same rows either way."""
-        columns = rows.SortedColumns.of(readings) if type(readings) is ReadingColumns else None
+        A fast-lane batch (`ReadingColumns`, no key twice) is written from its columns, any
+        other from its readings: the same rows either way."""
+        columns = rows.SortedColumns.of(readings)
         conn.execute("BEGIN IMMEDIATE")
         row = conn.execute(
             "SELECT body_sha256, answer FROM batches WHERE gateway = ? AND batch_id = ?",
