@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,25 @@ VECTORS = REPO / "tests" / "vectors"
 MP_TESTS = Path(__file__).parent / "mp"
 # the scripts in mp/ are MicroPython programs, not CPython test modules
 collect_ignore_glob = ["mp/*"]
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago (another process may take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def udp_server_context(site: Any, port: int) -> Any:
+    """An aiocoap server context on 127.0.0.1:``port``, UDP only, as the gateway binds
+    (ingress/coap.py): aiocoap's default transports would also listen on TCP ``port`` and
+    ``port`` + 3000 (WebSocket), which :func:`free_udp_port` never looked at ("address
+    already in use" in CI)."""
+    import aiocoap  # only the tests that serve CoAP need it
+
+    return await aiocoap.Context.create_server_context(
+        site, bind=("127.0.0.1", port), transports=["udp6"])
 
 
 def micropython_binary() -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ import aiocoap
 import aiocoap.resource
 import cbor2
 import pytest
+
+from .conftest import free_udp_port, udp_server_context
 
 FIRMWARE = Path(__file__).resolve().parents[1]
 MODULES = {
@@ -57,13 +58,6 @@ class Answer(aiocoap.resource.Resource):  # type: ignore[misc]
                                content_format=60)
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def build_mpy(out: Path, mpy_cross: str) -> Path:
     for src in FIRMWARE.rglob("*.py"):
         rel = src.relative_to(FIRMWARE)
@@ -94,9 +88,7 @@ async def test_heap_per_app(micropython: str, tmp_path: Path) -> None:
     for attempt in range(10):  # a free port may be taken by another process meanwhile
         port = free_udp_port()
         try:
-            # UDP only, as the gateway binds: the default transports also take TCP ports
-            ctx = await aiocoap.Context.create_server_context(
-                site, bind=("127.0.0.1", port), transports=["udp6"])
+            ctx = await udp_server_context(site, port)
             break
         except OSError:
             if attempt == 9:

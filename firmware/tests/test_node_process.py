@@ -14,7 +14,6 @@ import json
 import random
 import re
 import signal
-import socket
 import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,16 +26,11 @@ import aiocoap.resource
 import cbor2
 import pytest
 
+from .conftest import free_udp_port, udp_server_context
+
 pytestmark = pytest.mark.micropython
 MAIN = Path(__file__).resolve().parents[1] / "main.py"
 FAST = {"ack_timeout_s": 0.3, "ack_random_factor": 1.5, "max_retransmit": 4}
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -80,11 +74,7 @@ class Server:
     async def start(self) -> None:
         site = aiocoap.resource.Site()
         site.add_resource(["r"], self.resource)
-        # UDP only, as the gateway binds (ingress/coap.py): aiocoap's default transports
-        # would also listen on TCP `port` and `port` + 3000 (WebSocket), which the UDP port
-        # check of free_udp_port() never looked at ("address already in use" in CI)
-        self.ctx = await aiocoap.Context.create_server_context(
-            site, bind=("127.0.0.1", self.port), transports=["udp6"])
+        self.ctx = await udp_server_context(site, self.port)
 
     async def stop(self) -> None:
         if self.ctx is not None:

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,6 +40,8 @@ from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .conftest import free_udp_port, udp_server_context
 
 FIRMWARE = Path(__file__).resolve().parents[1]
 INTEROP = Path(__file__).parent / "interop"
@@ -163,13 +164,6 @@ def test_aiocoap_reproduces_every_appendix_c_message() -> None:
 # ----------------------------------------------------------------------- shared set-up
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def write_aiocoap_context(
     basedir: Path,
     *,
@@ -240,12 +234,7 @@ async def aiocoap_oscore_server(
     site.add_resource(["r"], resource)
     credentials = aiocoap.credentials.CredentialsMap()
     credentials.load_from_dict({":node": {"oscore": {"basedir": str(context_dir) + "/"}}})
-    ctx = await aiocoap.Context.create_server_context(
-        OscoreSiteWrapper(site, credentials), bind=("127.0.0.1", port),
-        # UDP only, as the gateway binds: aiocoap's default transports would also listen on
-        # TCP `port` and `port` + 3000 (WebSocket), which free_udp_port() never checked
-        transports=["udp6"],
-    )
+    ctx = await udp_server_context(OscoreSiteWrapper(site, credentials), port)
     try:
         yield ctx
     finally:

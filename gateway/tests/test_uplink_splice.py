@@ -119,9 +119,9 @@ def _dead(store: Store) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-async def _upload(store: Store, until: Any, posts: list[bytes]) -> Batcher:
-    async with HttpUplink("http://c", token="t", timeout_s=1,
-                          transport=_strict_cloud(posts)) as up:
+async def _upload(store: Store, until: Any, transport: httpx.AsyncBaseTransport) -> Batcher:
+    """Run a batcher over ``transport`` until the queue is empty."""
+    async with HttpUplink("http://c", token="t", timeout_s=1, transport=transport) as up:
         batcher = Batcher(store, up, gateway="gw-01", policy=POLICY)
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(batcher.run())
@@ -147,7 +147,7 @@ async def test_a_corrupt_head_is_dead_lettered_and_the_rest_goes_out(
     _damage(store, 2, body)
     posts: list[bytes] = []
     with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
-        batcher = await _upload(store, until, posts)
+        batcher = await _upload(store, until, _strict_cloud(posts))
     [post] = posts  # checked before sending: one batch, accepted at once
     assert [r["seq"] for r in cbor2.loads(post)["readings"]] == [0, 1, 3, 4]
     assert batcher.sent == 4
@@ -167,7 +167,7 @@ async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
     _damage(store, 1, _queued(readings[1]).body[:-5])
     posts: list[bytes] = []
     with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
-        batcher = await _upload(store, until, posts)
+        batcher = await _upload(store, until, _strict_cloud(posts))
     refused, accepted = posts
     assert cbor2.loads(accepted)["batch_id"].encode() not in refused
     assert [r["seq"] for r in cbor2.loads(accepted)["readings"]] == [0, 2, 3]
@@ -198,13 +198,7 @@ async def test_a_400_without_a_corrupt_body_resends_the_same_batch(
             posts.append(req.content)
             return refusals.pop()
         return await transport.handle_async_request(req)
-    async with HttpUplink("http://c", token="t", timeout_s=1,
-                          transport=httpx.MockTransport(handler)) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=POLICY)
-        async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(batcher.run())
-            await until(lambda: store.depth == 0)
-            task.cancel()
+    batcher = await _upload(store, until, httpx.MockTransport(handler))
     assert len(posts) == 3 and posts[0] == posts[1] == posts[2]
     assert store.dead_letters == 0 and batcher.sent == 3
     assert sorted(q.seq for q in checked) == [0, 1, 2]

@@ -60,9 +60,12 @@ _WINDOW_MARGIN_S = 0.1  # a PULL_RESP must reach the forwarder before the window
 _DWELL_MAX = {"SF7": 255, "SF8": 138, "SF9": 66, "SF10": 24, "SF11": 0, "SF12": 0}
 
 
-def _dwell(up: Uplink) -> int:
-    """The largest downlink at the uplink's spreading factor (255: unknown, no limit)."""
-    return _DWELL_MAX.get(up.datr.split("BW")[0], 255)
+def _ack_body_room(up: Uplink, seq: int) -> int:
+    """Bytes the body of the ack of ``seq`` may have: the largest downlink at the uplink's
+    spreading factor (255: unknown, no limit) less the ack's own (lora/frame.py)."""
+    from ..lora.frame import ack_overhead  # the frame module only where acks are sent
+
+    return _DWELL_MAX.get(up.datr.split("BW")[0], 255) - ack_overhead(seq)
 
 
 #: ``(short_id, seq, key, body) -> frame``: machi_gateway.lora.frame.encode_ack
@@ -308,9 +311,11 @@ class SemtechIngress(Ingress):
         reading = replace(reading, meta={**reading.meta, **meta})
         try:
             if self.confirm:  # commands only as far as the ack stays within the dwell limit
-                room = self._ack_room(up, reading)
-                # counted in the ack's smallest form, the one _send_ack falls back to when
-                # nothing larger fits (lora/commands.py), so what is counted in goes on air
+                # room beyond a time-only body (a 4-byte time, as every time until 2106);
+                # commands are counted in the ack's smallest form, the one _send_ack falls
+                # back to when nothing larger fits (lora/commands.py: extra), so what is
+                # counted in goes on air
+                room = max(0, _ack_body_room(up, reading.seq) - TIME_ONLY_LEN)
                 receipt = await self.sink.accept(
                     reading, fits=lambda commands: compact_extra(commands) <= room)
             else:
@@ -346,16 +351,6 @@ class SemtechIngress(Ingress):
 
     # ---- confirmed delivery (docs/protocol-lora.md §8) ------------------------------
 
-    @staticmethod
-    def _ack_room(up: Uplink, reading: Reading) -> int:
-        """Bytes the ack of this frame has beyond a time-only one (its time a 4-byte uint,
-        as every time until 2106) within the uplink's dwell limit; the queue counts its
-        commands in their compact form (lora/commands.py: extra)."""
-        from ..lora.frame import ack_overhead  # the frame module only where acks are sent
-
-        time_only = ack_overhead(reading.seq) + TIME_ONLY_LEN
-        return max(0, _dwell(up) - time_only)
-
     def _send_ack(self, up: Uplink, reading: Reading, receipt: Receipt) -> None:
         """The MIC'd ack of a durable frame (new or a repeat) in the node's RX window; its
         body is the 2.04 payload, or, when that breaks the dwell limit, the commands in
@@ -376,11 +371,10 @@ class SemtechIngress(Ingress):
             log.warning("lora-udp: RX window of %s seq %d missed; its retry is acked", device,
                         seq)
             return
-        from ..lora.frame import ack_overhead, encode_ack
-
         if self.encode_ack is None:
+            from ..lora.frame import encode_ack
             self.encode_ack = encode_ack
-        room = _dwell(up) - ack_overhead(seq)
+        room = _ack_body_room(up, seq)
         for payload in ack_bodies(receipt.time, receipt.commands):  # the first that fits
             if len(payload) <= room:
                 break

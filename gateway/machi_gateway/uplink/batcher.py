@@ -260,9 +260,9 @@ class Batcher:
         was the cause, and full batches resume); if not, the cloud's or a proxy's limit
         was lowered, a configuration problem like a 401: the reading stays queued and is
         retried with backoff, loudly."""
-        self._batch = None  # fewer readings, under a new id
         n = len(batch.readings)
         if n > 1:
+            self._batch = None  # fewer readings, under a new id
             self._cap = n // 2
             self._cap_until = self._clock() + CAP_HOLD_S
             log.error("uplink: the cloud refused a batch of %d readings as too large; "
@@ -270,13 +270,13 @@ class Batcher:
                       "against the cloud's [limits])", n, self._cap, CAP_HOLD_S)
             return
         size = _stored_bytes(batch)
-        if size <= self._largest_ok:
-            self._batch = batch
+        if size <= self._largest_ok:  # self._batch stays: the same batch again, later
             log.error("uplink: the cloud refuses one reading of %d bytes as too large, "
                       "though it took %d bytes in one batch before: check its [limits] "
                       "and any proxy in front of it; the reading stays queued",
                       size, self._largest_ok)
             return
+        self._batch = None
         self._cap = None
         r = batch.readings[0]
         await self.store.dead_letter([DeadLetter(r.device, r.seq, f"too large: {exc}")])
