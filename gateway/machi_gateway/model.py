@@ -190,6 +190,12 @@ def _head(device: str) -> bytes:
     return head
 
 
+def identity_head(device: str) -> bytes:
+    """How every stored body of ``device`` starts (the map head, ``"device": device``),
+    cached: the uplink checks a queued body against it before splicing it."""
+    return _HEADS.get(device) or _head(device)
+
+
 def _tail(transport: str) -> bytes:
     """``"transport": <transport>, "m":``, cached."""
     if len(_TAILS) >= _PIECES_MAX:

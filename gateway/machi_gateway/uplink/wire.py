@@ -11,18 +11,18 @@ when the cloud refuses a batch as malformed.
 
 from __future__ import annotations
 
-import functools
 import io
 from typing import Any
 
 import cbor2
 
 from ..errors import UplinkUnavailable
-from ..model import Reading, cbor_head, encode_wire
+from ..model import Reading, cbor_head, encode_wire, identity_head
 from ..store import DeadLetter, Queued
 from .base import Batch, BatchAnswer
 
 _dumps = cbor2.dumps
+_KEY_SEQ = _dumps("seq")
 _DECODE_ERRORS = (cbor2.CBORDecodeError, ValueError, TypeError, KeyError, AttributeError,
                   OverflowError, RecursionError, MemoryError)
 
@@ -35,14 +35,8 @@ def encode_batch(batch: Batch) -> bytes:
     return head + b"".join([r.body if isinstance(r, Queued) else encode_wire(r) for r in items])
 
 
-@functools.lru_cache(maxsize=4096)
-def _identity_head(device: str) -> bytes:
-    """``{`` (6 items) ``"device": device, "seq":``: how every stored body of ``device`` starts."""
-    return b"\xa6" + _dumps("device") + _dumps(device) + _dumps("seq")
-
-
 def looks_intact(item: Queued) -> bool:
-    """Cheap (~0.1 µs): the body starts as the batch item of its own row, ``{"device",
+    """Cheap (~0.5 µs): the body starts as the batch item of its own row, ``{"device",
     "seq", ...}`` with the row's identity. Catches a body that is not a map or lost its
     identity, for which the cloud would refuse the whole batch; damage further in is
     caught by :func:`well_formed` if the cloud refuses the batch."""
@@ -50,8 +44,8 @@ def looks_intact(item: Queued) -> bool:
     if (type(device) is not str or type(seq) is not int or type(body) is not bytes
             or not 0 <= seq < 2**64):
         return False
-    head = _identity_head(device)
-    return body.startswith(head) and body.startswith(cbor_head(0x00, seq), len(head))
+    head = identity_head(device)
+    return body.startswith(head) and body.startswith(_KEY_SEQ + cbor_head(0x00, seq), len(head))
 
 
 def well_formed(item: Queued) -> bool:
