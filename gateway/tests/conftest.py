@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,28 @@ async def poll_until(cond: Callable[[], Any], within: float = 10, every: float =
 @pytest.fixture
 def until() -> Callable[..., Any]:
     return poll_until
+
+
+UploadAll = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+def upload_all() -> UploadAll:
+    """``await upload_all(store, transport, policy, **until_kw)``: a batcher over an httpx
+    ``transport`` (a stand-in cloud) run until the queue is empty; returns the batcher."""
+    from machi_gateway.uplink.batcher import Batcher, BatchPolicy
+    from machi_gateway.uplink.http import HttpUplink
+
+    async def run(store: Store, transport: Any, policy: BatchPolicy, **wait: Any) -> Batcher:
+        async with HttpUplink("http://c", token="t", timeout_s=1, transport=transport) as up:
+            batcher = Batcher(store, up, gateway="gw-01", policy=policy)
+            task = asyncio.create_task(batcher.run())
+            try:
+                await poll_until(lambda: store.depth == 0, **wait)
+            finally:
+                task.cancel()
+        return batcher
+    return run
 
 
 # ---- LoRa-family adapters: a stub compact-frame decoder ---------------------------------

@@ -117,19 +117,6 @@ def _quick(batch_max: int, batch_age_s: float = 0, **kw: Any) -> BatchPolicy:
                        backoff_max_s=0.01, **kw)
 
 
-async def _upload_all(until: Any, store: Store, transport: httpx.AsyncBaseTransport,
-                      policy: BatchPolicy, **wait: Any) -> Batcher:
-    """Run a batcher over ``transport`` until the queue is empty."""
-    async with HttpUplink("http://c", token="t", timeout_s=1, transport=transport) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=policy)
-        task = asyncio.create_task(batcher.run())
-        try:
-            await until(lambda: store.depth == 0, **wait)
-        finally:
-            task.cancel()
-    return batcher
-
-
 async def test_batches_by_size_oldest_first(
     until: Any, store: Store, make_reading: Callable[..., Reading]
 ) -> None:
@@ -156,7 +143,7 @@ async def test_batches_by_size_oldest_first(
 
 
 async def test_batches_stay_under_the_byte_budget(
-    until: Any, store: Store, make_reading: Callable[..., Reading]
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading]
 ) -> None:
     """Large readings go out fewer per batch: ``batch_max`` of them would pass the cloud's
     body limit (413 for the same batch for ever); one larger than the budget still leaves."""
@@ -170,7 +157,7 @@ async def test_batches_stay_under_the_byte_budget(
     for seq in range(10):
         await store.add(make_reading(seq=seq, measurements=big))
     size = len((await store.queued(1))[0].body)
-    batcher = await _upload_all(until, store, httpx.MockTransport(handler),
+    batcher = await upload_all(store, httpx.MockTransport(handler),
                                 _quick(10, batch_max_bytes=3 * size + 1))
     assert batcher.batches == 4 and batcher.sent == 10  # 3 + 3 + 3 + 1
     assert all(b < 3 * size + 200 for b in bodies)
@@ -196,26 +183,26 @@ def _limited_cloud(most: int, too_big: set[int], sizes: list[list[int]]) -> http
 
 
 async def test_413_halves_the_batches_and_loses_nothing(
-    until: Any, store: Store, make_reading: Callable[..., Reading]
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading]
 ) -> None:
     """A cloud taking fewer readings per batch than `batch_max` (413 for each batch as it
     was): the same readings go out in batches half as long, and stay that short."""
     await _fill(store, make_reading, 20)
     sizes: list[list[int]] = []
-    batcher = await _upload_all(until, store, _limited_cloud(5, set(), sizes), _quick(16))
+    batcher = await upload_all(store, _limited_cloud(5, set(), sizes), _quick(16))
     assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
     assert sorted(q for s in sizes[2:] for q in s) == list(range(20))
     assert store.dead_letters == 0 and batcher.sent == 20
 
 
 async def test_after_a_413_a_batch_as_long_as_the_cloud_takes_leaves_at_once(
-    until: Any, store: Store, make_reading: Callable[..., Reading]
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading]
 ) -> None:
     """Once halved, a batch is full at the new length: the readings left behind (fewer than
     `batch_max`, all fresh) do not wait `batch_age_s` for an age trigger."""
     await _fill(store, make_reading, 20)
     sizes: list[list[int]] = []
-    await _upload_all(until, store, _limited_cloud(5, set(), sizes),
+    await upload_all(store, _limited_cloud(5, set(), sizes),
                       _quick(16, batch_age_s=3600), within=5)
     assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
 
@@ -282,13 +269,13 @@ async def test_413_for_a_reading_smaller_than_batches_taken_keeps_it(
 
 
 async def test_413_for_one_reading_alone_dead_letters_it(
-    until: Any, store: Store, make_reading: Callable[..., Reading]
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading]
 ) -> None:
     """A reading the cloud refuses as too large even alone cannot hold back the queue: it
     moves to dead letters, the others are delivered, in full batches again."""
     await _fill(store, make_reading, 4)
     sizes: list[list[int]] = []
-    batcher = await _upload_all(until, store, _limited_cloud(100, {0}, sizes), _quick(4))
+    batcher = await upload_all(store, _limited_cloud(100, {0}, sizes), _quick(4))
     assert sizes[:3] == [[0, 1, 2, 3], [0, 1], [0]]
     assert store.dead_letters == 1 and batcher.sent == 3
     assert sizes[3:] == [[1, 2, 3]]

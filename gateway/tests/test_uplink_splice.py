@@ -4,7 +4,6 @@ upload."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import sqlite3
@@ -20,8 +19,7 @@ from machi_gateway.store import Queued, Store
 from machi_gateway.uplink import batcher as batcher_module
 from machi_gateway.uplink import wire
 from machi_gateway.uplink.base import Batch
-from machi_gateway.uplink.batcher import Batcher, BatchPolicy
-from machi_gateway.uplink.http import HttpUplink
+from machi_gateway.uplink.batcher import BatchPolicy
 
 POLICY = BatchPolicy(batch_max=10, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.02)
 MIXED = (Measurement("temp", "Cel", 21.5), Measurement("count", None, 7),
@@ -119,17 +117,6 @@ def _dead(store: Store) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-async def _upload(store: Store, until: Any, transport: httpx.AsyncBaseTransport) -> Batcher:
-    """Run a batcher over ``transport`` until the queue is empty."""
-    async with HttpUplink("http://c", token="t", timeout_s=1, transport=transport) as up:
-        batcher = Batcher(store, up, gateway="gw-01", policy=POLICY)
-        async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(batcher.run())
-            await until(lambda: store.depth == 0)
-            task.cancel()
-    return batcher
-
-
 @pytest.mark.parametrize("body", [
     b"\xff\x00",                                   # not CBOR
     b"\xa6\x66devi",                               # cut inside the head
@@ -138,7 +125,7 @@ async def _upload(store: Store, until: Any, transport: httpx.AsyncBaseTransport)
     "text, not a blob",                            # the column's type is wrong
 ])
 async def test_a_corrupt_head_is_dead_lettered_and_the_rest_goes_out(
-    store: Store, until: Any, make_reading: Callable[..., Reading],
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading],
     caplog: pytest.LogCaptureFixture, body: Any,
 ) -> None:
     """Before the splice, such a body made oldest() raise in the upload loop: the uplink
@@ -147,7 +134,7 @@ async def test_a_corrupt_head_is_dead_lettered_and_the_rest_goes_out(
     _damage(store, 2, body)
     posts: list[bytes] = []
     with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
-        batcher = await _upload(store, until, _strict_cloud(posts))
+        batcher = await upload_all(store, _strict_cloud(posts), POLICY)
     [post] = posts  # checked before sending: one batch, accepted at once
     assert [r["seq"] for r in cbor2.loads(post)["readings"]] == [0, 1, 3, 4]
     assert batcher.sent == 4
@@ -157,7 +144,7 @@ async def test_a_corrupt_head_is_dead_lettered_and_the_rest_goes_out(
 
 
 async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
-    store: Store, until: Any, make_reading: Callable[..., Reading],
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A body cut short after its identity passes the cheap check; the cloud refuses the
@@ -167,7 +154,7 @@ async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
     _damage(store, 1, _queued(readings[1]).body[:-5])
     posts: list[bytes] = []
     with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
-        batcher = await _upload(store, until, _strict_cloud(posts))
+        batcher = await upload_all(store, _strict_cloud(posts), POLICY)
     refused, accepted = posts
     assert cbor2.loads(accepted)["batch_id"].encode() not in refused
     assert [r["seq"] for r in cbor2.loads(accepted)["readings"]] == [0, 2, 3]
@@ -176,7 +163,7 @@ async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
 
 
 async def test_a_400_without_a_corrupt_body_resends_the_same_batch(
-    store: Store, until: Any, make_reading: Callable[..., Reading],
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A 400 that is not caused by a stored body (e.g. a bad gateway id) deletes nothing:
@@ -198,7 +185,7 @@ async def test_a_400_without_a_corrupt_body_resends_the_same_batch(
             posts.append(req.content)
             return refusals.pop()
         return await transport.handle_async_request(req)
-    batcher = await _upload(store, until, httpx.MockTransport(handler))
+    batcher = await upload_all(store, httpx.MockTransport(handler), POLICY)
     assert len(posts) == 3 and posts[0] == posts[1] == posts[2]
     assert store.dead_letters == 0 and batcher.sent == 3
     assert sorted(q.seq for q in checked) == [0, 1, 2]
