@@ -11,7 +11,6 @@ import gc
 import socket
 import struct
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiocoap
@@ -20,30 +19,22 @@ import pytest
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 
-from machi_gateway.ingress.coap import CoapIngress, _MessageManager
-from machi_gateway.stats import IngressStats
-from machi_gateway.store import Store
+from machi_gateway.ingress.coap import _MessageManager
 
 
-@dataclass
-class Gw:
-    port: int
-    store: Store
-    stats: IngressStats
-    coap: CoapIngress
-
-    def message_manager(self) -> Any:
-        ctx = self.coap.context
-        assert ctx is not None
-        [mman] = [t.token_interface for t in ctx.request_interfaces]
-        assert isinstance(mman, _MessageManager)
-        return mman
+def message_manager(gw: Any) -> Any:
+    """The compact message layer serving ``gw`` (a conftest ``ServedCoap``)."""
+    ctx = gw.coap.context
+    assert ctx is not None
+    [mman] = [t.token_interface for t in ctx.request_interfaces]
+    assert isinstance(mman, _MessageManager)
+    return mman
 
 
 @pytest.fixture
-async def gw(serve_coap: Any) -> AsyncIterator[Gw]:
+async def gw(serve_coap: Any) -> AsyncIterator[Any]:
     async with serve_coap() as served:
-        yield Gw(served.port, served.store, served.stats, served.coap)
+        yield served
 
 
 def con_post(mid: int, token: bytes, seqs: list[int]) -> bytes:
@@ -71,7 +62,7 @@ async def exchange(port: int, datagrams: list[bytes], answers: int,
             s.close()
 
 
-async def test_retransmission_gets_the_same_answer_without_the_store(gw: Gw) -> None:
+async def test_retransmission_gets_the_same_answer_without_the_store(gw: Any) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         request = con_post(0x1234, b"\x01\x02\x03\x04", [5, 6])
         [first] = await exchange(gw.port, [request], 1, s)
@@ -88,7 +79,7 @@ async def test_retransmission_gets_the_same_answer_without_the_store(gw: Gw) -> 
         assert gw.store.depth == 2 and gw.stats.duplicates == 2
 
 
-async def test_same_message_id_from_another_endpoint_is_a_new_request(gw: Gw) -> None:
+async def test_same_message_id_from_another_endpoint_is_a_new_request(gw: Any) -> None:
     request = con_post(0x0042, b"\xaa", [7])
     [a] = await exchange(gw.port, [request], 1)
     [b] = await exchange(gw.port, [request], 1)  # another socket: another source port
@@ -97,7 +88,7 @@ async def test_same_message_id_from_another_endpoint_is_a_new_request(gw: Gw) ->
 
 
 async def test_retransmission_while_the_first_is_in_progress_gets_one_answer(
-        gw: Gw, monkeypatch: pytest.MonkeyPatch) -> None:
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     release = asyncio.Event()
     calls = 0
     real = gw.store.add
@@ -135,8 +126,8 @@ async def test_retransmission_while_the_first_is_in_progress_gets_one_answer(
 
 
 async def test_entries_expire_after_the_exchange_lifetime(
-        gw: Gw, monkeypatch: pytest.MonkeyPatch) -> None:
-    mman = gw.message_manager()
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    mman = message_manager(gw)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         request = con_post(0x0200, b"\x20", [9])
         await exchange(gw.port, [request], 1, s)
@@ -154,13 +145,13 @@ async def test_entries_expire_after_the_exchange_lifetime(
         assert all(v is None or type(v) is bytes for v in mman._recent_messages.values())
 
 
-async def test_a_push_with_a_recent_request_id_leaves_its_answer_alone(gw: Gw) -> None:
+async def test_a_push_with_a_recent_request_id_leaves_its_answer_alone(gw: Any) -> None:
     """The gateway's own CON to a node (a downlink push) may draw the message id of that
     node's last request: a retransmission of the request still gets the request's answer,
     not the push (only ACK/RST answers are kept for duplicates)."""
     ctx = gw.coap.context
     assert ctx is not None
-    mman = gw.message_manager()
+    mman = message_manager(gw)
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -180,7 +171,7 @@ async def test_a_push_with_a_recent_request_id_leaves_its_answer_alone(gw: Gw) -
             push.response.cancel()
 
 
-async def test_served_requests_leave_no_cyclic_garbage(gw: Gw) -> None:
+async def test_served_requests_leave_no_cyclic_garbage(gw: Any) -> None:
     n = 60
     await exchange(gw.port, [con_post(1, b"\x01", [1])], 1)  # warm-up: caches, first use
     gc.collect()
