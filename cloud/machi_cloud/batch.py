@@ -9,6 +9,12 @@ Two kinds of bad input, answered differently so one bad reading never blocks a q
 - one *reading* is wrong (bad device id, seq out of range, bad time, bad measurement): it is
   listed in `Batch.rejected` with a reason naming the field, and the others are stored.
 
+The readings come as an array of reading maps (`readings`) or as columns (`columns`, one
+array per field and one per metric series: smaller and faster to decode). A columnar batch
+means exactly the row batch it expands to (`_expand`): its shape is checked here as a whole
+(a wrong shape is `BadBatch`), then each expanded reading goes through the same `_reading`
+as a row, so there is one definition of a valid reading and one wording of each rejection.
+
 Readings and measurements are NamedTuples rather than frozen dataclasses on purpose: a
 batch holds up to 5000 readings and this is the ingest hot path; they are built only here,
 after validation, so they need no `__post_init__` of their own.
@@ -19,9 +25,10 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import islice, pairwise, repeat
 from typing import Any, NamedTuple, overload
 
 import cbor2
@@ -38,6 +45,10 @@ _MAX_UNIT = 32
 _MAX_TEXT = 4096
 _MAX_BATCH_ID = 64
 _MAX_TRANSPORT = 32
+# values per reading on average that a columnar batch may hold (at most, all series
+# together): a value costs 1 byte as a column but ~8 in a reading map, so without a cap a
+# 4 MiB body could make the parser check 8 times the measurements a row batch can hold
+VALUES_PER_READING = 100
 
 Value = bool | int | float | str
 
@@ -74,7 +85,8 @@ _new = tuple.__new__
 
 class ReadingColumns(Sequence[Reading]):
     """Valid readings with plain numbers only, held column by column as the fast lane
-    checked them (`fastbatch._whole_batch`), in batch order: a `Sequence[Reading]` whose
+    checked them (`fastbatch._whole_batch` for rows, `columnar.parse_columns` for a
+    columnar batch), in batch order: a `Sequence[Reading]` whose
     `Reading`s are built only if someone looks at one, so a storage that can take the
     columns as they are (`storage.rows.SortedColumns`) never pays for them.
 
@@ -109,13 +121,10 @@ class ReadingColumns(Sequence[Reading]):
     def readings(self) -> tuple[Reading, ...]:
         """The readings as `Reading`s (built once, on first use)."""
         if self._readings is None:
-            values = zip(self.names, self.units, self.values, strict=True)
-            it = map(_new, repeat(Measurement), values)
-            groups = [tuple(islice(it, k)) for k in self.lens]
-            fields = (self.devices, self.seqs, self.times, self.received, self.transports)
-            self._readings = tuple(
-                map(_new, repeat(Reading), zip(*fields, groups, strict=True))
-            )
+            self._readings = readings_of(
+                self.devices, self.seqs, self.times, self.received, self.transports,
+                self.names, self.units, self.values, self.lens,
+            )  # fmt: skip
         return self._readings
 
     def __len__(self) -> int:
@@ -142,6 +151,25 @@ class ReadingColumns(Sequence[Reading]):
 
     def __repr__(self) -> str:
         return f"ReadingColumns({self.readings()!r})"
+
+
+def readings_of(
+    devices: list[str],
+    seqs: list[int],
+    times: list[int | float],
+    received: list[int | float | None],
+    transports: list[str],
+    names: list[str],
+    units: list[str | None],
+    values: Sequence[Value],
+    lens: list[int],
+) -> tuple[Reading, ...]:
+    """Readings from checked columns laid out as `ReadingColumns` holds them (values of any
+    kind), without the NamedTuple constructors: one Python step per reading."""
+    it = map(_new, repeat(Measurement), zip(names, units, values, strict=True))
+    groups = [tuple(islice(it, k)) for k in lens]
+    fields = (devices, seqs, times, received, transports)
+    return tuple(map(_new, repeat(Reading), zip(*fields, groups, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -212,7 +240,8 @@ def parse_batch(body: bytes, *, max_readings: int) -> Batch:
     obj = decode_cbor(body)
     if not isinstance(obj, dict):
         raise BadBatch(
-            f"the body must be a CBOR map with keys gateway, batch_id, readings; got {_kind(obj)}"
+            "the body must be a CBOR map with keys gateway, batch_id and readings (or columns); "
+            f"got {_kind(obj)}"
         )
     gateway = obj.get("gateway")
     if not isinstance(gateway, str) or not GATEWAY_ID.match(gateway):
@@ -220,14 +249,20 @@ def parse_batch(body: bytes, *, max_readings: int) -> Batch:
     batch_id = obj.get("batch_id")
     if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= _MAX_BATCH_ID:
         raise BadBatch(f'"batch_id" must be a text string of 1..{_MAX_BATCH_ID} characters')
-    items = obj.get("readings")
-    if not isinstance(items, list):
-        raise BadBatch(f'"readings" must be an array of reading maps, got {_kind(items)}')
-    if len(items) > max_readings:
-        raise TooLarge(
-            f"the batch has {len(items)} readings; at most {max_readings} are accepted per "
-            "batch: split it"
+    if ("readings" in obj) == ("columns" in obj):
+        raise BadBatch(
+            'send exactly one of "readings" (an array of reading maps) or "columns" (the '
+            f"columnar form), not {'both' if 'readings' in obj else 'neither'} "
+            "(docs/protocol.md §3)"
         )
+    items: Iterable[Any]
+    if "columns" in obj:
+        items = _columns(obj["columns"], max_readings)
+    else:
+        items = obj["readings"]
+        if not isinstance(items, list):
+            raise BadBatch(f'"readings" must be an array of reading maps, got {_kind(items)}')
+        _check_count(len(items), max_readings)
     readings: list[Reading] = []
     rejected: list[Rejection] = []
     for index, item in enumerate(items):
@@ -247,6 +282,151 @@ def parse_batch(body: bytes, *, max_readings: int) -> Batch:
     return Batch(
         gateway=gateway, batch_id=batch_id, readings=tuple(readings), rejected=tuple(rejected)
     )
+
+
+def _check_count(n: int, max_readings: int) -> None:
+    if n > max_readings:
+        raise TooLarge(
+            f"the batch has {n} readings; at most {max_readings} are accepted per batch: split it"
+        )
+
+
+class _Series(NamedTuple):
+    """One checked series of a columnar batch: what each of its measurements has in common
+    (`template`: "n" and "u" as given), its value kind, values, and the readings they
+    belong to (`indices`; None: every reading, in order)."""
+
+    template: dict[Any, Any]
+    kind: str
+    values: list[Any]
+    indices: list[int] | None
+
+
+def _columns(columns: Any, max_readings: int) -> Iterator[dict[str, Any]]:
+    """The row items a columnar batch stands for, after checking its shape as a whole
+    (`BadBatch` naming the column or series; `TooLarge` past `max_readings` readings or
+    `VALUES_PER_READING` values per reading). The items are made one by one as the caller
+    asks for them, so a batch is never held twice."""
+    if not isinstance(columns, dict):
+        raise BadBatch(
+            '"columns" must be a map of arrays (device, seq, time, received, transport) and '
+            f"of series (m), got {_kind(columns)}"
+        )
+    devices = columns.get("device")
+    if not isinstance(devices, list):
+        raise BadBatch(f'"columns.device" must be an array of device ids, got {_kind(devices)}')
+    n = len(devices)
+    _check_count(n, max_readings)
+    seqs = _column(columns, "seq", n)
+    for k, (device, seq) in enumerate(zip(devices, seqs, strict=True)):
+        if not isinstance(device, str) or type(seq) is not int:
+            raise BadBatch(
+                f"reading {k} has no identity: columns.device[{k}] must be a text string and "
+                f"columns.seq[{k}] an integer"
+            )
+    times = _column(columns, "time", n)
+    received = _column(columns, "received", n) if "received" in columns else None
+    transports = _column(columns, "transport", n) if "transport" in columns else None
+    ms = columns.get("m")
+    if not isinstance(ms, list):
+        raise BadBatch(
+            '"columns.m" must be an array of series maps ({"n", "u", "v" or "vs" or "vb", '
+            f'"i"}}), got {_kind(ms)}'
+        )
+    series = [_series(j, s, n) for j, s in enumerate(ms)]
+    values = sum(len(s.values) for s in series)
+    if values > VALUES_PER_READING * max_readings:
+        raise TooLarge(
+            f"the batch has {values} values in its series; at most "
+            f"{VALUES_PER_READING * max_readings} ({VALUES_PER_READING} for each of the "
+            f"{max_readings} readings a batch may have) are accepted: split it"
+        )
+    return _expand(devices, seqs, times, received, transports, series)
+
+
+def _column(columns: dict[Any, Any], key: str, n: int) -> list[Any]:
+    """`columns[key]`, an array of one entry per reading, else `BadBatch`."""
+    col = columns.get(key)
+    if not isinstance(col, list) or len(col) != n:
+        got = f"{len(col)} entries" if isinstance(col, list) else _kind(col)
+        raise BadBatch(
+            f'"columns.{key}" must be an array of one entry per reading ({n}, as '
+            f'"columns.device"), got {got}'
+        )
+    return col
+
+
+def _series(j: int, s: Any, n: int) -> _Series:
+    """Series `j` checked as a whole (its values are checked per reading, by `_reading`)."""
+    if not isinstance(s, dict):
+        raise BadBatch(f"columns.m[{j}] must be a series map, got {_kind(s)}")
+    name = s.get("n")
+    named = isinstance(name, str) and METRIC_NAME.match(name)
+    label = f"columns.m[{j}] ({name})" if named else f"columns.m[{j}]"
+    kinds = [k for k in ("v", "vs", "vb") if k in s]
+    if len(kinds) != 1:
+        raise BadBatch(
+            f"{label} must have exactly one value array (v, vs or vb); has "
+            f"{', '.join(kinds) or 'none'}"
+        )
+    kind = kinds[0]
+    values = s[kind]
+    if not isinstance(values, list):
+        raise BadBatch(f"{label}.{kind} must be an array of values, got {_kind(values)}")
+    indices = s.get("i")
+    if "i" not in s:
+        if len(values) != n:
+            raise BadBatch(
+                f'{label}.{kind} has {len(values)} values for {n} readings: without "i" a '
+                "series has one value per reading"
+            )
+    elif not (
+        isinstance(indices, list)
+        and all(type(i) is int for i in indices)
+        and all(a < b for a, b in pairwise(indices))
+        and (not indices or (indices[0] >= 0 and indices[-1] < n))
+    ):
+        raise BadBatch(
+            f"{label}.i must be an array of strictly increasing reading indices, each below "
+            f"{n} (the number of readings)"
+        )
+    elif len(indices) != len(values):
+        raise BadBatch(f"{label}.{kind} has {len(values)} values for {len(indices)} indices (i)")
+    template = {key: s[key] for key in ("n", "u") if key in s}
+    return _Series(template, kind, values, indices)
+
+
+def _expand(
+    devices: list[Any],
+    seqs: list[Any],
+    times: list[Any],
+    received: list[Any] | None,
+    transports: list[Any] | None,
+    series: list[_Series],
+) -> Iterator[dict[str, Any]]:
+    """Reading k as the row format has it: its measurements, in series order, are the
+    entries of the series that name k (docs/protocol.md §3, "Equivalence")."""
+    slots: list[list[int]] = [[] for _ in devices]  # which series name each reading
+    for j, s in enumerate(series):
+        for k in range(len(devices)) if s.indices is None else s.indices:
+            slots[k].append(j)
+    cursors = [0] * len(series)  # of the sparse series: the next value to take
+    for k, device in enumerate(devices):
+        m = []
+        for j in slots[k]:
+            s = series[j]
+            if s.indices is None:
+                value = s.values[k]
+            else:
+                value = s.values[cursors[j]]
+                cursors[j] += 1
+            m.append({**s.template, s.kind: value})
+        item = {"device": device, "seq": seqs[k], "time": times[k], "m": m}
+        if received is not None and received[k] is not None:
+            item["received"] = received[k]
+        if transports is not None:
+            item["transport"] = transports[k]
+        yield item
 
 
 class _Invalid(Exception):
@@ -271,8 +451,8 @@ def _reading(device: str, seq: int, item: dict[Any, Any]) -> Reading:
     measurements = tuple(_measurement(i, m) for i, m in enumerate(ms))
     if len(measurements) > 1:
         names = [m.name for m in measurements]
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
+        if len(set(names)) != len(names):  # (Counter: a reading may hold thousands)
+            twice = sorted(n for n, count in Counter(names).items() if count > 1)
             raise _Invalid(f"metric {twice[0]!r} appears more than once in m")
     return Reading(device, seq, time, received, transport, measurements)
 

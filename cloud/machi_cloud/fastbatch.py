@@ -13,7 +13,8 @@ reference. Before the fast lane, a batch whose readings all carry plain numbers 
 checked column by column with no Python loop per reading (`_whole_batch`; it leaves at
 the first type it does not take) and kept as those columns (`batch.ReadingColumns`): no
 `Reading` is built unless someone looks at one, and SQLite writes its rows straight from
-the columns (`storage.rows.SortedColumns`). The fast lane accepts only
+the columns (`storage.rows.SortedColumns`). A columnar batch (docs/protocol.md §3) is
+checked by `columnar.parse_columns` the same way, column by column. The fast lane accepts only
 what the reference accepts, with the same values: a check added to `batch.py` must be
 mirrored here, and `tests/test_fastbatch.py` (every single-field edge case, and random
 batches) fails until it is.
@@ -27,6 +28,7 @@ from typing import Any
 
 from . import batch as ref
 from .batch import Batch, Measurement, Reading, ReadingColumns
+from .columnar import parse_columns, times_ok, values_ok
 from .settings import GATEWAY_ID
 
 _new = tuple.__new__
@@ -59,9 +61,14 @@ def parse_batch(body: bytes, *, max_readings: int) -> Batch:
         or not _GATEWAY(gateway)
         or type(batch_id) is not str
         or not 1 <= len(batch_id) <= 64
-        or type(items) is not list
-        or len(items) > max_readings
     ):
+        return ref.parse_batch(body, max_readings=max_readings)
+    if "columns" in obj and "readings" not in obj:
+        columns = parse_columns(obj["columns"], max_readings)
+        if columns is None:  # anything not plainly valid: the reference decides
+            return ref.parse_batch(body, max_readings=max_readings)
+        return Batch(gateway=gateway, batch_id=batch_id, readings=columns, rejected=())
+    if type(items) is not list or len(items) > max_readings or "columns" in obj:
         return ref.parse_batch(body, max_readings=max_readings)
     whole = _whole_batch(items)
     if whole is not None:
@@ -124,15 +131,15 @@ def _whole_batch(items: list[Any]) -> ReadingColumns | None:
         not set(map(type, name_set)) <= {str}
         or not set(map(type, unit_set)) <= _UNIT
         or not kinds <= _NUMBER
-        or not _values_ok(values, kinds)
+        or not values_ok(values, kinds)
     ):
         return None
-    if n and (min(seqs) < 0 or max(seqs) >= _MAX_SEQ or not _times_ok(times)):
+    if n and (min(seqs) < 0 or max(seqs) >= _MAX_SEQ or not times_ok(times)):
         return None
     if None in received:
-        received_ok = _times_ok([rc for rc in received if rc is not None])
+        received_ok = times_ok([rc for rc in received if rc is not None])
     else:
-        received_ok = _times_ok(received)
+        received_ok = times_ok(received)
     if not received_ok:
         return None
     if not all(map(_DEVICE, device_set)) or not all(
@@ -161,32 +168,6 @@ def _whole_batch(items: list[Any]) -> ReadingColumns | None:
     if twice:
         return None  # a metric twice: batch._reading words it
     return ReadingColumns(devices, seqs, times, received, transports, names, units, values, lens)
-
-
-def _times_ok(values: list[Any]) -> bool:
-    """Every value (int or float) is in [0, 1e11): the sum rules out NaN and infinities
-    first, which min() and max() would not see."""
-    if not values:
-        return True
-    try:
-        total = sum(values)
-    except OverflowError:  # an int too large for a float: the reading lane words it
-        return False
-    return bool(total - total == 0 and min(values) >= 0 and max(values) < _MAX_TIME)
-
-
-def _values_ok(values: list[Any], kinds: set[type]) -> bool:
-    """Floats finite, ints in the 64-bit range (floats may be any finite size)."""
-    if not values:
-        return True
-    try:
-        total = sum(values)
-    except OverflowError:
-        return False
-    if total - total != 0:  # NaN or an infinity somewhere (or a finite overflow: rare)
-        return False
-    ints = [v for v in values if type(v) is int] if int in kinds else ()
-    return not ints or (min(ints) >= -_INT64 and max(ints) < _INT64)
 
 
 def _split(flat: list[Any], lens: list[int]) -> list[tuple[Any, ...]]:

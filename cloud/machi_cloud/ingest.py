@@ -38,9 +38,49 @@ _MEASUREMENT_SCHEMA: dict[str, Any] = {
         "vb": {"type": "boolean"},
     },
 }
+_DEVICE_PATTERN = "^[a-z0-9][a-z0-9-]{0,31}$"
+_SERIES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["n"],
+    "description": "one metric's values: exactly one of v, vs, vb; one value per reading, "
+    "or per index in i",
+    "properties": {
+        "n": _MEASUREMENT_SCHEMA["properties"]["n"],
+        "u": _MEASUREMENT_SCHEMA["properties"]["u"],
+        "v": {"type": "array", "items": {"type": "number"}},
+        "vs": {"type": "array", "items": {"type": "string"}},
+        "vb": {"type": "array", "items": {"type": "boolean"}},
+        "i": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0},
+            "description": "strictly increasing indices of the readings the values belong "
+            "to; absent: every reading, in order",
+        },
+    },
+}
+_COLUMNS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["device", "seq", "time", "m"],
+    "description": "the readings as columns: one entry per reading in each array; means "
+    "exactly the readings array it expands to (docs/protocol.md §3)",
+    "properties": {
+        "device": {
+            "type": "array",
+            "maxItems": 5000,
+            "items": {"type": "string", "pattern": _DEVICE_PATTERN},
+        },
+        "seq": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "time": {"type": "array", "items": {"type": "number"}},
+        "received": {"type": "array", "items": {"type": ["number", "null"]}},
+        "transport": {"type": "array", "items": {"type": "string"}},
+        "m": {"type": "array", "items": _SERIES_SCHEMA},
+    },
+}
 BATCH_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["gateway", "batch_id", "readings"],
+    "required": ["gateway", "batch_id"],
+    "description": "exactly one of readings (reading maps) or columns (the same, smaller)",
+    "oneOf": [{"required": ["readings"]}, {"required": ["columns"]}],
     "properties": {
         "gateway": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
         "batch_id": {"type": "string", "minLength": 1, "maxLength": 64},
@@ -51,7 +91,7 @@ BATCH_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "required": ["device", "seq", "time", "m"],
                 "properties": {
-                    "device": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
+                    "device": {"type": "string", "pattern": _DEVICE_PATTERN},
                     "seq": {"type": "integer", "minimum": 0},
                     "time": {"type": "number", "description": "seconds since the Unix epoch"},
                     "received": {"type": "number"},
@@ -60,6 +100,7 @@ BATCH_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "columns": _COLUMNS_SCHEMA,
     },
 }
 ANSWER_SCHEMA: dict[str, Any] = {

@@ -133,7 +133,8 @@ async def test_openapi_documents_the_cbor_body(client: httpx.AsyncClient) -> Non
     doc = (await client.get("/openapi.json")).json()
     op = doc["paths"]["/v1/batches"]["post"]
     schema = op["requestBody"]["content"]["application/cbor"]["schema"]
-    assert schema["required"] == ["gateway", "batch_id", "readings"]
+    assert schema["required"] == ["gateway", "batch_id"]
+    assert schema["oneOf"] == [{"required": ["readings"]}, {"required": ["columns"]}]
     assert "application/problem+json" in op["responses"]["409"]["content"]
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert {"/v1/readings", "/v1/devices", "/healthz"} <= set(doc["paths"])

@@ -6,12 +6,14 @@ into exactly the `reading` given. They are written with cbor2 (an independent en
 RFC 8949 deterministic order (map keys sorted bytewise, so 0..6 before -1, -2, -3) and
 preferred float serialization (the shortest of f16/f32/f64 that is exact).
 
-    python tests/vectors/make_vectors.py
+    python tests/vectors/make_vectors.py                   # every file
+    python tests/vectors/make_vectors.py cloud-batches-columns.json   # only the files named
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cbor2
@@ -225,18 +227,89 @@ def batch_vectors() -> list[dict]:
     return [{"name": "two-readings", "hex": cbor2.dumps(batch).hex(), "decoded": batch}]
 
 
-def main() -> None:
-    files = {
-        "senml-readings.json": senml_vectors(),
-        "senml-readings-multi.json": multi_vectors(),
-        "senml-invalid.json": invalid_vectors(),
-        "coap-messages.json": coap_vectors(),
-        "cloud-batches.json": batch_vectors(),
+def columns_vectors() -> list[dict]:
+    """Columnar batches (docs/protocol.md §3), each with `readings`: the reading maps of
+    the row batch it means. The first holds the readings of `cloud-batches.json`."""
+    two = {
+        "gateway": "gw-01",
+        "batch_id": "gw-01-000000000002",
+        "columns": {
+            "device": ["env-0001", "bin-0002"],
+            "seq": [17, 0],
+            "time": [1795390000, 1795390060],
+            "received": [1795390000.5, 1795390060.25],
+            "transport": ["coap", "coap"],
+            "m": [  # sparse: each series names its readings ("i")
+                {"n": "temp", "u": "Cel", "v": [21.5], "i": [0]},
+                {"n": "hum", "u": "%RH", "v": [48.25], "i": [0]},
+                {"n": "fill", "u": "%", "v": [85], "i": [1]},
+                {"n": "tilt", "vb": [False], "i": [1]},
+            ],
+        },
     }
-    for name, data in files.items():
+    dense = {  # every reading has temp and hum; one has no receive time; no transport column
+        "gateway": "gw-01",
+        "batch_id": "gw-01-000000000003",
+        "columns": {
+            "device": ["env-0001", "env-0001", "env-0003"],
+            "seq": [18, 19, 4],
+            "time": [1795390060, 1795390120, 1795390100.5],
+            "received": [1795390060.5, None, 1795390101],
+            "m": [
+                {"n": "temp", "u": "Cel", "v": [21.25, 21, -3.5]},
+                {"n": "hum", "u": "%RH", "v": [48, 48.5, 90.125]},
+            ],
+        },
+    }
+    return [
+        {"name": "two-readings-sparse", "hex": cbor2.dumps(two).hex(), "decoded": two,
+         "readings": expand_columns(two["columns"])},
+        {"name": "three-readings-dense", "hex": cbor2.dumps(dense).hex(), "decoded": dense,
+         "readings": expand_columns(dense["columns"])},
+    ]
+
+
+def expand_columns(cols: dict) -> list[dict]:
+    """The reading maps a (valid) columnar batch means: reading k has, in series order,
+    the entries of the series that name k."""
+    out = []
+    received = cols.get("received", [None] * len(cols["device"]))
+    for k, device in enumerate(cols["device"]):
+        r = {"device": device, "seq": cols["seq"][k], "time": cols["time"][k]}
+        if received[k] is not None:
+            r["received"] = received[k]
+        if "transport" in cols:
+            r["transport"] = cols["transport"][k]
+        r["m"] = []
+        for s in cols["m"]:
+            kind = next(key for key in ("v", "vs", "vb") if key in s)
+            at = s["i"].index(k) if "i" in s and k in s["i"] else None
+            if "i" not in s or at is not None:
+                m = {key: s[key] for key in ("n", "u") if key in s}
+                r["m"].append({**m, kind: s[kind][k if at is None else at]})
+        out.append(r)
+    return out
+
+
+def main(names: list[str]) -> None:
+    files = {
+        "senml-readings.json": senml_vectors,
+        "senml-readings-multi.json": multi_vectors,
+        "senml-invalid.json": invalid_vectors,
+        "coap-messages.json": coap_vectors,
+        "cloud-batches.json": batch_vectors,
+        "cloud-batches-columns.json": columns_vectors,
+    }
+    unknown = sorted(set(names) - set(files))
+    if unknown:
+        sys.exit(f"no such vector file: {', '.join(unknown)}; choose from {', '.join(files)}")
+    for name, make in files.items():
+        if names and name not in names:
+            continue
+        data = make()
         (HERE / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         print("wrote", name, len(data), "vectors")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
