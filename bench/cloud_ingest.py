@@ -3,9 +3,11 @@
 For each backend, on a fresh database each time, batches of 500 readings (2 measurements
 each, 50 devices) are stored three ways in the same run:
 
-- raw:     the same `samples` and `measurements` rows inserted directly, in the same
-           (key) order, one transaction per 500 readings, same durability (SQLite: WAL,
-           synchronous=FULL, executemany; PostgreSQL: COPY) - the baseline;
+- raw:     the rows the storage's schema holds, inserted directly, in the same (key) order,
+           one transaction per 500 readings, same durability - the baseline (SQLite: one
+           `samples` row per reading with its `m` JSON text made before the clock starts,
+           WAL, synchronous=FULL, executemany; PostgreSQL: `samples` and `measurements`
+           rows by COPY);
 - storage: `Storage.store_batch` on already parsed batches (dedup, latest, devices, answer);
 - api:     `POST /v1/batches` with CBOR bodies through the ASGI app in this process
            (httpx.ASGITransport: no sockets, no uvicorn; the client's cost is included);
@@ -54,6 +56,7 @@ from machi_cloud.settings import GatewayTokens, Settings
 from machi_cloud.storage import Storage
 from machi_cloud.storage.pgserver import PostgresServer, PostgresUnavailable
 from machi_cloud.storage.postgres import PostgresStorage
+from machi_cloud.storage.rows import m_text
 from machi_cloud.storage.sqlite import SQLiteStorage
 
 BATCH = 500
@@ -88,8 +91,8 @@ def bodies(readings: int) -> list[bytes]:
 
 
 def rows(batch: Batch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The samples and measurements rows of one batch, as both schemas hold them, in key
-    order (device, seq; device, seq, metric), the order in which both storages insert them."""
+    """The samples and measurements rows of one batch, as PostgreSQL's schema holds them,
+    in key order (device, seq; device, seq, metric), the order in which it inserts them."""
     readings = sorted(batch.readings)
     samples = [
         (r.device, r.seq, r.time, r.received, "gw-01", r.transport, batch.batch_id)
@@ -101,6 +104,16 @@ def rows(batch: Batch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     return samples, measurements
 
 
+def sqlite_rows(batch: Batch) -> list[tuple[Any, ...]]:
+    """The `samples` rows of one batch as SQLite's schema holds them (its measurements
+    in `m`, encoded as the storage encodes them), in key order."""
+    return [
+        (r.device, r.seq, r.time, r.received, "gw-01", r.transport, batch.batch_id,
+         m_text(r.measurements))
+        for r in sorted(batch.readings)
+    ]  # fmt: skip
+
+
 # -- raw baselines -------------------------------------------------------------------------
 
 
@@ -108,27 +121,21 @@ def raw_sqlite(path: Path, batches: list[Batch]) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    prepared = [rows(b) for b in batches]
+    prepared = [sqlite_rows(b) for b in batches]
     start = time.perf_counter()
-    for samples, measurements in prepared:
-        raw_sqlite_batch(conn, samples, measurements)
+    for samples in prepared:
+        raw_sqlite_batch(conn, samples)
     elapsed = time.perf_counter() - start
     conn.close()
     return elapsed
 
 
-def raw_sqlite_batch(
-    conn: sqlite3.Connection, samples: list[tuple[Any, ...]], measurements: list[tuple[Any, ...]]
-) -> None:
+def raw_sqlite_batch(conn: sqlite3.Connection, samples: list[tuple[Any, ...]]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(
         "INSERT INTO samples (device, seq, time, received, gateway, transport, batch_id,"
-        " ingested) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+        " ingested, m) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
         samples,
-    )
-    conn.executemany(
-        "INSERT INTO measurements (device, seq, metric, unit, value_num) VALUES (?, ?, ?, ?, ?)",
-        measurements,
     )
     conn.commit()
 
@@ -227,7 +234,7 @@ async def paired_sqlite(
     ratios: list[float] = []
     t_raws: list[float] = []
     t_apis: list[float] = []
-    prepared = [rows(b) for b in batches]
+    prepared = [sqlite_rows(b) for b in batches]
     for n in range(repeat):
         raw_db, api_db = tmp / f"paired-raw-{n}.sqlite", tmp / f"paired-api-{n}.sqlite"
         for path in (raw_db, api_db):
@@ -238,9 +245,9 @@ async def paired_sqlite(
         conn.execute("PRAGMA synchronous=FULL")
         t_raw = t_api = 0.0
         async with SQLiteStorage(api_db) as storage, api_poster(storage, tmp) as post:
-            for (samples, measurements), body in zip(prepared, raw, strict=True):
+            for samples, body in zip(prepared, raw, strict=True):
                 start = time.perf_counter()
-                raw_sqlite_batch(conn, samples, measurements)
+                raw_sqlite_batch(conn, samples)
                 middle = time.perf_counter()
                 await post(body)
                 t_raw += middle - start

@@ -114,6 +114,7 @@ def test_sorted_columns_give_the_rows_of_the_readings(items: Any, data: st.DataO
     )
     ms = [(d, q, n, u, v) for d, q, _, _, _, m in ordered for n, u, v in m]
     assert typed(c.measurement_rows()) == typed(ms)
+    assert c.m_texts() == [rows.m_text(m) for *_, m in ordered]  # SQLite's samples.m
     time_of = {(r[0], r[1]): r[2] for r in ordered}
     assert typed(c.latest_rows()) == typed(
         [(d, n, q, time_of[d, q], u, v) for d, q, n, u, v in rows.newest(ms).values()]
@@ -179,13 +180,13 @@ def dump_sqlite(path: Path) -> dict[str, list[Any]]:
         return {
             "samples": typed(
                 conn.execute(
-                    "SELECT device, seq, time, received, gateway, transport, batch_id"
+                    "SELECT device, seq, time, received, gateway, transport, batch_id, m"
                     " FROM samples ORDER BY device, seq"
                 ).fetchall()
             ),
             **{
-                table: typed(conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall())
-                for table in ("measurements", "latest", "devices")
+                table: typed(conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall())
+                for table in ("measurements", "latest", "devices")  # measurements: the view
             },
             "batches": conn.execute(
                 "SELECT gateway, batch_id, answer FROM batches ORDER BY 1, 2"

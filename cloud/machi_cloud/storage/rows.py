@@ -100,8 +100,8 @@ def first_of_each(readings: Sequence[Reading]) -> dict[tuple[str, int], Reading]
 
 
 _DEVICE_METRIC = itemgetter(0, 2)
+_UNIT = itemgetter(3)
 _VALUE = itemgetter(4)
-_NUMBERS = frozenset((int, float))
 
 
 def in_key_order(unique: dict[tuple[str, int], Reading]) -> list[Reading]:
@@ -109,11 +109,6 @@ def in_key_order(unique: dict[tuple[str, int], Reading]) -> list[Reading]:
     inserts go to one B-tree page after another rather than all over; and for each
     device a later reading is a newer one, so "the last one wins" picks the newest."""
     return [unique[k] for k in sorted(unique)]
-
-
-def all_numbers(measurements: Sequence[tuple[Any, ...]]) -> bool:
-    """True when every `(device, seq, metric, unit, value)` row has a number (not a bool)."""
-    return set(map(type, map(_VALUE, measurements))) <= _NUMBERS
 
 
 def newest(measurements: Sequence[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[Any, ...]]:
@@ -139,6 +134,18 @@ def device_rows(ordered: Sequence[Reading]) -> list[tuple[Any, ...]]:
         stats[2] = seq
         stats[3] += 1
     return [(d, *s) for d, s in devices.items()]
+
+
+# compact JSON; non-ASCII text kept as is (SQLite and `json.loads` read both forms alike)
+_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
+
+
+def m_text(measurements: Sequence[tuple[Any, ...]]) -> str:
+    """A reading's `(metric, unit, value)` measurements as the JSON text of SQLite's
+    `samples.m`: `[[metric, unit, value], ...]` in the reading's order, unit null when
+    absent, value a JSON number (`repr` of the int or float, so 21 and 21.0 stay apart),
+    text, true or false (the parser refused NaN and infinities)."""
+    return _JSON(measurements)
 
 
 def _picker(order: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
@@ -235,14 +242,35 @@ class SortedColumns:
     def __len__(self) -> int:
         return len(self.devices)
 
-    def sample_rows(self, *extra: Any) -> list[tuple[Any, ...]]:
-        """`(device, seq, time, received, transport, *extra)` per reading."""
+    def sample_rows(self, *extra: Any, m: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
+        """`(device, seq, time, received, transport, *extra)` per reading, and its `m`
+        text last when `m` (one per reading, from `m_texts`) is given (SQLite)."""
         columns = (self.devices, self.seqs, self.times, self.received, self.transports)
-        return list(zip(*columns, *map(repeat, extra)))  # noqa: B905 (repeat is endless)
+        last = () if m is None else (m,)
+        return list(zip(*columns, *map(repeat, extra), *last))  # noqa: B905 (repeat is endless)
 
     def measurement_rows(self) -> list[tuple[Any, ...]]:
         """`(device, seq, metric, unit, value)` per measurement, as in `ordered` readings."""
         return list(chain.from_iterable(self.groups))
+
+    def m_texts(self) -> list[str]:
+        """`m_text` of each reading's measurements, in key order. When every reading has
+        the same metrics with the same units (the usual batch), one template made once
+        (names and units encoded once) takes each reading's values; else each reading
+        is encoded on its own. Every value is an int or a float: `%r` is its JSON."""
+        groups = self.groups
+        k = len(groups[0]) if groups else 0
+        if self.uniform and k:
+            flat = list(chain.from_iterable(groups))
+            units = list(map(_UNIT, flat))
+            if all(units[j::k].count(units[j]) == len(groups) for j in range(k)):
+                heads = [f"[{_JSON(n)},{_JSON(u)}," for _, _, n, u, _ in groups[0]]
+                template = "[" + ",".join(h.replace("%", "%%") + "%r]" for h in heads) + "]"
+                # one `%` for the whole batch, cut at NULs: JSON text escapes every control
+                # character, so a raw NUL can only be a cut
+                whole = "\0".join([template] * len(groups)) % tuple(map(_VALUE, flat))
+                return whole.split("\0")
+        return [_JSON([r[2:] for r in g]) for g in groups]
 
     def latest_rows(self) -> list[tuple[Any, ...]]:
         """`(device, metric, seq, time, unit, value)` of the newest measurement per

@@ -7,25 +7,34 @@
   pool of reader threads, each with its own connection; the event loop never blocks.
 - One transaction per batch (`BEGIN IMMEDIATE` ... `COMMIT`) with `executemany` inserts.
 
-Schema (`PRAGMA user_version` = 2; a version 1 file gains the new tables on open):
-`samples` (one row per reading, key `(device, seq)`), `measurements` (key
-`(device, seq, metric)`), `latest` (the newest value per device and metric, kept on insert
-so the dashboard never scans history), `devices` (last seen, last seq, count) and
-`batches` (key `(gateway, batch_id)`, body SHA-256 and the CBOR answer);
-version 2 adds `registry`, `commands` and the append-only `audit` (see `sqlite_control.py`).
+Schema (`PRAGMA user_version` = 3): `samples` holds one row per reading, key
+`(device, seq)`, its measurements in `m` as the JSON text `[[metric, unit, value], ...]`
+(`rows.m_text`): one B-tree row per reading rather than one per reading plus one per
+measurement, which halves the insert cost (docs/cloud.md, "Where data lives"). The view
+`measurements` (device, seq, metric, unit, value_num, value_text, value_bool) shows them
+one row each, as the table of version 2 held them. Alongside: `latest` (the newest value
+per device and metric, kept on insert so the dashboard never scans history), `devices`
+(last seen, last seq, count), `batches` (key `(gateway, batch_id)`, body SHA-256 and the
+CBOR answer), and `registry`, `commands` and the append-only `audit` (`sqlite_control.py`).
 Value and time columns have no declared type so SQLite keeps ints as ints and floats as
-floats (21 stays 21, 21.0 stays 21.0).
+floats (21 stays 21, 21.0 stays 21.0); in `m` a value is the JSON of its Python `repr`.
+
+A version 1 or 2 file (a `measurements` table) is rewritten to version 3 on open, in one
+transaction (`_to_v3`); a file of a newer version is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from itertools import groupby, islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,10 +63,9 @@ from .records import (
 )
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2
-_IN_CHUNK = 500
+SCHEMA_VERSION = 3
 
-_SCHEMA = """
+_SAMPLES = """
 CREATE TABLE IF NOT EXISTS samples (
     device    TEXT    NOT NULL,
     seq       INTEGER NOT NULL,
@@ -67,18 +75,23 @@ CREATE TABLE IF NOT EXISTS samples (
     transport TEXT    NOT NULL,
     batch_id  TEXT    NOT NULL,
     ingested  REAL    NOT NULL,
+    m         TEXT    NOT NULL,
     PRIMARY KEY (device, seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS measurements (
-    device     TEXT    NOT NULL,
-    seq        INTEGER NOT NULL,
-    metric     TEXT    NOT NULL,
-    unit       TEXT,
-    value_num,
-    value_text TEXT,
-    value_bool INTEGER,
-    PRIMARY KEY (device, seq, metric)
-) WITHOUT ROWID;
+"""
+# the rows of version 2's table, for ad-hoc SQL and reports; `->>` gives SQLite's value
+# (a JSON integer an INTEGER, a real a REAL); a text with a NUL character is cut there
+# (SQLite's JSON), so `readings()` decodes `m` with Python's `json` instead
+_SCHEMA = (
+    _SAMPLES
+    + """
+CREATE VIEW IF NOT EXISTS measurements
+    (device, seq, metric, unit, value_num, value_text, value_bool) AS
+SELECT s.device, s.seq, j.value ->> 0, j.value ->> 1,
+    CASE WHEN json_type(j.value, '$[2]') IN ('integer', 'real') THEN j.value ->> 2 END,
+    CASE WHEN json_type(j.value, '$[2]') = 'text' THEN j.value ->> 2 END,
+    CASE json_type(j.value, '$[2]') WHEN 'true' THEN 1 WHEN 'false' THEN 0 END
+FROM samples AS s, json_each(s.m) AS j;
 CREATE TABLE IF NOT EXISTS latest (
     device     TEXT    NOT NULL,
     metric     TEXT    NOT NULL,
@@ -106,20 +119,14 @@ CREATE TABLE IF NOT EXISTS batches (
     PRIMARY KEY (gateway, batch_id)
 ) WITHOUT ROWID;
 """
+)
 
 _INSERT_SAMPLE = (
-    "INSERT INTO samples (device, seq, time, received, transport, gateway, batch_id, ingested)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING"
+    "INSERT INTO samples (device, seq, time, received, transport, gateway, batch_id, ingested,"
+    " m) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING"
 )
 # a sample row with this batch's (gateway, batch_id) was written by this transaction
 _MINE = "SELECT 1 FROM samples WHERE device = ? AND seq = ? AND gateway = ? AND batch_id = ?"
-_INSERT_MEASUREMENT = (
-    "INSERT INTO measurements (device, seq, metric, unit, value_num, value_text, value_bool)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_NUMBER = (
-    "INSERT INTO measurements (device, seq, metric, unit, value_num) VALUES (?, ?, ?, ?, ?)"
-)
 _UPSERT_LATEST = """
 INSERT INTO latest (device, metric, seq, time, unit, value_num, value_text, value_bool)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -153,6 +160,103 @@ def _value(num: Any, text: str | None, flag: int | None) -> Value:
     if text is not None:
         return text
     return num  # type: ignore[no-any-return]
+
+
+def readings_sql(query: ReadingQuery) -> tuple[str, list[Any]]:
+    """The SQL of `readings()` and its arguments: the matching `samples` rows with their
+    `m`, in key order (the samples key gives it: the rows stream, and the reader stops
+    at `limit`). `readings()` decodes each `m` with `json.loads` (exact, and twice as
+    fast as expanding it with `json_each` and decoding each triple) and orders and
+    filters each reading's few measurements itself; in SQL, ordering by metric would
+    sort every matching row before the first one comes out.
+
+    A metric filter is narrowed in SQL to readings whose `m` holds `[<metric as JSON>,`:
+    that text starts a triple of that metric and nothing else (inside a JSON string a
+    quote is always escaped), so no reading of it is missed. The `after` key bounds the
+    samples key (`seq >=` under a filter on its device, else `(device, seq) >=`), so the
+    scan starts there."""
+    p = rows.Params(numbered=False)
+    conditions: list[str | tuple[str, Any]] = []
+    if query.metric is not None:  # metric names are ASCII: escaped as `m_text` escapes them
+        conditions.append(f"instr(s.m, {p('[' + json.dumps(query.metric) + ',')}) > 0")
+    conditions += [
+        ("s.device =", query.device),
+        ("s.time >=", query.since),
+        ("s.time <", query.until),
+    ]
+    after = query.after
+    if after is not None and query.device == after.device:
+        conditions.append(("s.seq >=", after.seq))
+    elif after is not None:
+        conditions.append(("(s.device, s.seq) >=", after[:2]))
+    sql = (
+        "SELECT s.device, s.seq, s.time, s.received, s.gateway, s.m FROM samples AS s"
+        + p.where(*conditions)
+        + " ORDER BY s.device, s.seq"
+    )
+    return sql, p.args
+
+
+def _measurement_rows(
+    samples: Iterable[tuple[Any, ...]], query: ReadingQuery
+) -> Iterator[ReadingRow]:
+    """The rows of the samples `readings_sql` found: each one's measurements in metric
+    order, those of the query's metric and after its `after` key."""
+    wanted, after = query.metric, query.after
+    for d, q, t, rc, gw, m in samples:
+        ms = sorted(json.loads(m), key=_METRIC)
+        if after is not None and (d, q) == (after.device, after.seq):
+            ms = [x for x in ms if x[0] > after.metric]
+        for metric, unit, value in ms:
+            if wanted is None or metric == wanted:
+                yield ReadingRow(d, q, t, rc, gw, metric, unit, value)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of `script` one by one, for `execute` inside a transaction
+    (`executescript` would COMMIT it first)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement at the end of the script: {statement!r}")
+
+
+_V2_SAMPLES = (
+    "SELECT s.device, s.seq, s.time, s.received, s.gateway, s.transport, s.batch_id,"
+    " s.ingested, m.metric, m.unit, m.value_num, m.value_text, m.value_bool"
+    " FROM samples_v2 AS s LEFT JOIN measurements AS m ON m.device = s.device AND m.seq = s.seq"
+    " ORDER BY s.device, s.seq, m.metric"
+)
+_SAMPLE_KEY = itemgetter(0, 1, 2, 3, 4, 5, 6, 7)
+_METRIC = itemgetter(0)
+
+
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """Rewrite a version 1 or 2 file's `samples` and `measurements` tables as version 3's
+    `samples`, inside the caller's transaction. The JSON is made in Python (`m_text`):
+    SQLite's `json_array` writes a REAL with 15 digits (0.30000000000000004 would become
+    0.3), Python's `repr` with as many as it takes. Rows stream in key order; a reading
+    without measurements gets `[]`; the measurements in metric order."""
+    conn.execute("ALTER TABLE samples RENAME TO samples_v2")
+    conn.execute(_SAMPLES)
+    m_text = rows.m_text
+
+    def new_rows() -> Iterator[tuple[Any, ...]]:
+        for sample, group in groupby(conn.execute(_V2_SAMPLES), _SAMPLE_KEY):
+            ms = [(r[8], r[9], _value(*r[10:])) for r in group if r[8] is not None]
+            yield (*sample, m_text(ms))
+
+    conn.executemany(
+        "INSERT INTO samples (device, seq, time, received, gateway, transport, batch_id,"
+        " ingested, m) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        new_rows(),
+    )
+    conn.execute("DROP TABLE samples_v2")
+    conn.execute("DROP TABLE measurements")
 
 
 class SQLiteStorage(Storage):
@@ -216,14 +320,23 @@ class SQLiteStorage(Storage):
         return conn
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
+        """Create what is missing, rewriting a version 1 or 2 file first; one transaction."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StorageUnavailable(
                 f"{self.path} has schema version {version}; this machi-cloud knows "
                 f"{SCHEMA_VERSION}: upgrade machi-cloud"
             )
-        conn.executescript(_SCHEMA + control.SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        old = conn.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'measurements'"
+        ).fetchone()
+        if old is not None:
+            _to_v3(conn)
+        for statement in _statements(_SCHEMA + control.SCHEMA):
+            conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.commit()
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
@@ -330,14 +443,13 @@ class SQLiteStorage(Storage):
         """The rows of a batch of plain numbers (its keys distinct) taken from its columns,
         as `_insert_readings` writes them; how many readings were new."""
         before = conn.total_changes
-        conn.executemany(_INSERT_SAMPLE, c.sample_rows(gateway, batch_id, now))
+        conn.executemany(_INSERT_SAMPLE, c.sample_rows(gateway, batch_id, now, m=c.m_texts()))
         if conn.total_changes - before != len(c):
             c = c.only(
                 key
                 for key in zip(c.devices, c.seqs, strict=True)
                 if conn.execute(_MINE, (*key, gateway, batch_id)).fetchone() is not None
             )
-        conn.executemany(_INSERT_NUMBER, c.measurement_rows())
         conn.executemany(_UPSERT_LATEST, [(*r, None, None) for r in c.latest_rows()])
         conn.executemany(_UPSERT_DEVICE, c.device_rows())
         return len(c)
@@ -354,9 +466,13 @@ class SQLiteStorage(Storage):
         unique = rows.first_of_each(readings)
         ordered = rows.in_key_order(unique)
         before = conn.total_changes
+        m_text = rows.m_text
         conn.executemany(
             _INSERT_SAMPLE,
-            [(d, q, t, rc, tr, gateway, batch_id, now) for d, q, t, rc, tr, _ in ordered],
+            [
+                (d, q, t, rc, tr, gateway, batch_id, now, m_text(ms))
+                for d, q, t, rc, tr, ms in ordered
+            ],
         )
         new = unique
         if conn.total_changes - before != len(unique):
@@ -368,10 +484,6 @@ class SQLiteStorage(Storage):
         if new is not unique:
             ordered = [r for r in ordered if (r[0], r[1]) in new]
         measurements = [(d, q, n, u, v) for d, q, _, _, _, ms in ordered for n, u, v in ms]
-        if rows.all_numbers(measurements):  # the usual batch: the columns it needs only
-            conn.executemany(_INSERT_NUMBER, measurements)
-        else:
-            conn.executemany(_INSERT_MEASUREMENT, [(*m[:4], *_columns(m[4])) for m in measurements])
         conn.executemany(
             _UPSERT_LATEST,
             [
@@ -385,26 +497,14 @@ class SQLiteStorage(Storage):
     # -- queries -----------------------------------------------------------------------
 
     async def readings(self, query: ReadingQuery) -> list[ReadingRow]:
-        p = rows.Params(numbered=False)
-        sql = (
-            "SELECT m.device, m.seq, s.time, s.received, s.gateway, m.metric, m.unit,"
-            " m.value_num, m.value_text, m.value_bool"
-            " FROM measurements AS m JOIN samples AS s ON s.device = m.device AND s.seq = m.seq"
-            + p.where(
-                ("m.device =", query.device),
-                ("m.metric =", query.metric),
-                ("s.time >=", query.since),
-                ("s.time <", query.until),
-                ("(m.device, m.seq, m.metric) >", query.after),
-            )
-            + f" ORDER BY m.device, m.seq, m.metric LIMIT {p(query.limit)}"
-        )
+        sql, args = readings_sql(query)
 
         def run(conn: sqlite3.Connection) -> list[ReadingRow]:
-            return [
-                ReadingRow(d, q, t, rc, gw, metric, unit, _value(num, text, flag))
-                for d, q, t, rc, gw, metric, unit, num, text, flag in conn.execute(sql, p.args)
-            ]
+            cursor = conn.execute(sql, args)
+            try:
+                return list(islice(_measurement_rows(cursor, query), query.limit))
+            finally:
+                cursor.close()  # ends the read snapshot of a scan stopped early
 
         return await self._read(run)
 

@@ -237,24 +237,33 @@ def expire_commands(conn: sqlite3.Connection, now: float) -> int:
 # -- reports ----------------------------------------------------------------------------------
 
 
-def aggregate(conn: sqlite3.Connection, q: AggregateQuery) -> list[AggregateRow]:
+def aggregate_sql(q: AggregateQuery) -> tuple[str, list[Any]]:
+    """The SQL of `aggregate` and its arguments: the numbers of one metric from `samples`
+    and its `m` expanded by `json_each` (the `measurements` view without its text and
+    boolean columns, and with the time, which the view would need a join for)."""
     p = rows.Params(numbered=False)
     sql = (
-        f"SELECT m.device, CAST(s.time / {p(q.bucket_s)} AS INTEGER) * {p(q.bucket_s)} AS start,"
-        " count(*), avg(m.value_num), min(m.value_num), max(m.value_num)"
-        " FROM measurements AS m JOIN samples AS s ON s.device = m.device AND s.seq = m.seq"
+        f"SELECT device, CAST(time / {p(q.bucket_s)} AS INTEGER) * {p(q.bucket_s)} AS start,"
+        " count(*), avg(v), min(v), max(v)"
+        " FROM (SELECT s.device AS device, s.time AS time, j.value ->> 2 AS v"
+        " FROM samples AS s, json_each(s.m) AS j"
         + p.where(
-            ("m.metric =", q.metric),
-            "m.value_num IS NOT NULL",
-            ("m.device =", q.device),
+            ("s.device =", q.device),
+            ("j.value ->> 0 =", q.metric),
+            "json_type(j.value, '$[2]') IN ('integer', 'real')",
             ("s.time >=", q.since),
             ("s.time <", q.until),
         )
-        + f" GROUP BY m.device, start ORDER BY m.device, start LIMIT {p(q.limit)}"
+        + f") GROUP BY device, start ORDER BY device, start LIMIT {p(q.limit)}"
     )
+    return sql, p.args
+
+
+def aggregate(conn: sqlite3.Connection, q: AggregateQuery) -> list[AggregateRow]:
+    sql, args = aggregate_sql(q)
     return [
         AggregateRow(d, int(start), n, float(mean), mn, mx)
-        for d, start, n, mean, mn, mx in conn.execute(sql, p.args)
+        for d, start, n, mean, mn, mx in conn.execute(sql, args)
     ]
 
 
