@@ -98,9 +98,7 @@ async def serve(ready: Path, data: Path, cloud: str, batch_max: int | None) -> N
             data / "queue.sqlite3", max_readings=10**8, retry_after_s=30, dedup_window_s=86400))
         uplink = await stack.enter_async_context(
             HttpUplink(up.url, token=up.token, timeout_s=up.timeout_s, tls_config=config.cloud))
-        batcher = Batcher(store, uplink, gateway=config.gateway_id, policy=BatchPolicy(
-            batch_max=up.batch_max, batch_age_s=up.batch_age_s,
-            backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s))
+        batcher = Batcher(store, uplink, gateway=config.gateway_id, policy=BatchPolicy.of(up))
         coap = await stack.enter_async_context(CoapIngress(
             Core(registry, store, IngressStats()), host="127.0.0.1", port=0, max_payload=1024))
         async with asyncio.TaskGroup() as tg:

@@ -138,6 +138,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backoff_initial_s": Key(0.5, _float(0.0), "first retry delay after a failure"),
         "backoff_max_s": Key(60.0, _float(0.0), "retry delay cap"),
         "drain_timeout_s": Key(5.0, _float(0.0, strict=False), "last flush bound at shutdown"),
+        "format": Key("columns", _one_of("columns", "readings"),
+                      "batch body: columns (smaller, cheaper for the cloud) or readings "
+                      "(an array of reading maps, for a cloud older than columnar batches)"),
     },
     "cloud": {
         "ca_file": Key("", _str(empty=True), "trust only this CA / self-signed cert (PEM) for "
@@ -291,6 +294,7 @@ class UplinkConfig:
     backoff_initial_s: float
     backoff_max_s: float
     drain_timeout_s: float
+    format: str = "columns"  # "readings" for a cloud older than columnar batches
 
     def __post_init__(self) -> None:
         if self.backoff_max_s < self.backoff_initial_s:
@@ -362,7 +366,8 @@ class Config:
                 f" (max payload {self.coap.max_payload} B)",
                 f"uplink      {self.uplink.url}/v1/batches"
                 f" token {'set' if self.uplink.token else 'EMPTY'}"
-                f" (batch {self.uplink.batch_max} / {self.uplink.batch_age_s} s)",
+                f" (batch {self.uplink.batch_max} / {self.uplink.batch_age_s} s,"
+                f" as {self.uplink.format})",
                 f"cloud tls   {self.cloud.describe()}",
                 f"downlink    {'on' if self.downlink.enabled else 'off'}",
                 *(f"{name:<11} {'on' if on else 'off'}" for name, on in (
@@ -445,6 +450,7 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path, source: Path | None
             backoff_initial_s=up["backoff_initial_s"],
             backoff_max_s=up["backoff_max_s"],
             drain_timeout_s=up["drain_timeout_s"],
+            format=up["format"],
         ),
         health=HealthConfig(**s["health"]),
         log=LogConfig(**s["log"]),

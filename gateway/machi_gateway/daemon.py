@@ -167,9 +167,7 @@ async def _run(config: Config, ready_file: Path | None, stop: asyncio.Event) -> 
                                 interval_s=config.devices_sync_interval_s,
                                 timeout_s=up.timeout_s, tls_config=config.cloud)
             stack.push_async_callback(sync.aclose)
-        batcher = Batcher(store, uplink, gateway=config.gateway_id, policy=BatchPolicy(
-            batch_max=up.batch_max, batch_age_s=up.batch_age_s,
-            backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s))
+        batcher = Batcher(store, uplink, gateway=config.gateway_id, policy=BatchPolicy.of(up))
 
         async def snapshot() -> Snapshot:
             oldest = await store.oldest_received() if store.depth else None

@@ -131,6 +131,13 @@ class Post:
 Behaviour = Callable[[Post], "tuple[int, Any] | None"]
 
 
+def batch_keys(body: dict[str, Any]) -> list[tuple[str, int]]:
+    """The (device, seq) of a batch body's readings, sent as columns or as rows."""
+    if "columns" in body:
+        return list(zip(body["columns"]["device"], body["columns"]["seq"], strict=True))
+    return [(r["device"], r["seq"]) for r in body["readings"]]
+
+
 @dataclass
 class FakeCloud:
     """POST /v1/batches; by default acks every reading. ``script`` overrides per request.
@@ -153,8 +160,7 @@ class FakeCloud:
 
     def default_answer(self, post: Post) -> tuple[int, Any]:
         acked, rejected = [], []
-        for r in post.body["readings"]:
-            key = (r["device"], r["seq"])
+        for key in batch_keys(post.body):
             if key in self.reject:
                 rejected.append({"device": key[0], "seq": key[1], "reason": self.reject[key]})
             else:

@@ -24,6 +24,17 @@ from machi_gateway.uplink.wire import decode_answer, encode_batch
 FAST = BatchPolicy(batch_max=10, batch_age_s=0.05, backoff_initial_s=0.02, backoff_max_s=0.1)
 
 
+def _keys(body: dict[str, Any]) -> list[tuple[str, int]]:
+    """The (device, seq) of a batch body's readings, columns (the default) or rows."""
+    if "columns" in body:
+        return list(zip(body["columns"]["device"], body["columns"]["seq"], strict=True))
+    return [(r["device"], r["seq"]) for r in body["readings"]]
+
+
+def _seqs(body: dict[str, Any]) -> list[int]:
+    return [seq for _, seq in _keys(body)]
+
+
 def test_encoding_matches_the_cloud_vector(vectors: Callable[[str], Any]) -> None:
     [case] = vectors("cloud-batches.json")
     doc = case["decoded"]
@@ -73,7 +84,7 @@ async def test_http_uplink_request_shape(
     def handler(req: httpx.Request) -> httpx.Response:
         seen.append(req)
         body = cbor2.loads(req.content)
-        acked = [[r["device"], r["seq"]] for r in body["readings"]]
+        acked = [[r["device"], r["seq"]] for r in body["readings"]]  # a Reading batch: rows
         return httpx.Response(200, content=cbor2.dumps({"acked": acked, "rejected": []}))
 
     rs = await _fill(store, make_reading, 3)
@@ -108,7 +119,7 @@ def _ack_all(req: httpx.Request) -> httpx.Response:
     """The cloud's answer acknowledging every reading of the batch in ``req``."""
     body = cbor2.loads(req.content)
     return httpx.Response(200, content=cbor2.dumps(
-        {"acked": [[r["device"], r["seq"]] for r in body["readings"]], "rejected": []}))
+        {"acked": _keys(body), "rejected": []}))
 
 
 def _quick(batch_max: int, batch_age_s: float = 0, **kw: Any) -> BatchPolicy:
@@ -123,7 +134,7 @@ async def test_batches_by_size_oldest_first(
     sizes: list[list[int]] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
-        sizes.append([r["seq"] for r in cbor2.loads(req.content)["readings"]])
+        sizes.append(_seqs(cbor2.loads(req.content)))
         return _ack_all(req)
 
     await _fill(store, make_reading, 25)
@@ -174,7 +185,7 @@ def _limited_cloud(most: int, too_big: set[int], sizes: list[list[int]]) -> http
     readings with a seq in `too_big` (413, as machi-cloud answers both)."""
     def handler(req: httpx.Request) -> httpx.Response:
         body = cbor2.loads(req.content)
-        seqs = [r["seq"] for r in body["readings"]]
+        seqs = _seqs(body)
         sizes.append(seqs)
         if len(seqs) > most or too_big & set(seqs):
             return httpx.Response(413, json={"title": "Payload Too Large"})
@@ -247,7 +258,7 @@ async def test_413_for_a_reading_smaller_than_batches_taken_keeps_it(
     inner = _limited_cloud(100, set(), sizes)
 
     async def handler(req: httpx.Request) -> httpx.Response:
-        if len(cbor2.loads(req.content)["readings"]) > limit[0]:
+        if len(_keys(cbor2.loads(req.content))) > limit[0]:
             sizes.append([])
             return httpx.Response(413, json={"title": "Payload Too Large"})
         return await inner.handle_async_request(req)
@@ -391,7 +402,7 @@ async def test_409_resends_under_a_new_batch_id(
         await until(lambda: store.depth == 0)
         task.cancel()
     a, b = (p.body for p in fake_cloud.posts)
-    assert a["batch_id"] != b["batch_id"] and a["readings"] == b["readings"]
+    assert a["batch_id"] != b["batch_id"] and a["columns"] == b["columns"]
 
 
 async def test_outage_then_resume_loses_nothing(
@@ -418,7 +429,7 @@ async def test_outage_then_resume_loses_nothing(
             await until(lambda: store.depth == 0)
             task.cancel()
     assert fake_cloud.stored == {("env-0001", i) for i in range(25)}
-    assert [len(p.body["readings"]) for p in fake_cloud.posts] == [10, 10, 5]
+    assert [len(_keys(p.body)) for p in fake_cloud.posts] == [10, 10, 5]
 
 
 async def test_drain_is_bounded(

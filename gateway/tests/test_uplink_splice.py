@@ -1,6 +1,6 @@
-"""The uplink splices the stored bodies into the batch: byte for byte the old encoding,
-and a body damaged on disk goes to dead letters instead of stopping or poisoning the
-upload."""
+"""As rows (``[uplink] format = "readings"``) the uplink splices the stored bodies into
+the batch: byte for byte the old encoding, and a body damaged on disk goes to dead letters
+instead of stopping or poisoning the upload."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from machi_gateway.uplink import wire
 from machi_gateway.uplink.base import Batch
 from machi_gateway.uplink.batcher import BatchPolicy
 
-POLICY = BatchPolicy(batch_max=10, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.02)
+POLICY = BatchPolicy(batch_max=10, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.02,
+                     format="readings")
 MIXED = (Measurement("temp", "Cel", 21.5), Measurement("count", None, 7),
          Measurement("big", None, 2**40), Measurement("neg", None, -300),
          Measurement("door", None, True), Measurement("shut", None, False),

@@ -22,13 +22,17 @@ from ..store import DeadLetter, Queued
 class Batch:
     """A batch as sent; a retry re-sends the very same object (same id, same body).
 
-    The batcher fills it with queued items, whose stored bodies are spliced into the
-    batch as they are; a :class:`Reading` (tests, tools) is encoded the same way.
+    The batcher fills it with queued items. With ``columns`` (the CBOR of the batch's
+    ``"columns"`` map, built from the items' bodies by :func:`.wire.to_columns`) that is
+    the body's content, and ``readings`` says which queued readings it holds; without,
+    the stored bodies are spliced into a ``"readings"`` array as they are, and a
+    :class:`Reading` (tests, tools) is encoded the same way.
     """
 
     gateway: str
     batch_id: str
     readings: tuple[Queued | Reading, ...]
+    columns: bytes | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.batch_id) <= 64:

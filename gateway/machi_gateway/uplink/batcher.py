@@ -8,11 +8,15 @@ answer it idempotently) after exponential backoff with full jitter; a 4xx is a
 configuration problem (bad token, ...) and is retried the same way, loudly, never
 deleting anything; a 409 means the id is burnt, so the readings go out under a new id.
 
-A batch splices the stored bodies of the queued readings (:mod:`.wire`). One damaged on
-disk is moved to dead letters, with an error in the log, rather than sent: when the
-batch is built if its head is wrong (cheap check), or when the cloud refuses the batch
-as malformed (400) if it is not what the store writes (full check); the rest then goes
-out under a new id.
+A batch carries the queued readings as columns (``format = "columns"``, the default) or
+splices their stored bodies into an array of reading maps (``"readings"``, for a cloud
+older than columns); see :mod:`.wire`. A body damaged on disk is moved to dead letters,
+with an error in the log, rather than sent. As columns, every body is decoded when the
+batch is built, so one that does not decode or has a shape columns cannot carry is found
+then, and a 400 cannot come from a stored body (see :meth:`Batcher._refused`). Spliced,
+a body is found when the batch is built if its head is wrong (cheap check), or when the
+cloud refuses the batch as malformed (400) if it is not what the store writes (full
+check); the rest then goes out under a new id.
 Either way it can neither stop the upload loop nor get every later batch refused.
 """
 
@@ -25,10 +29,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..config import UplinkConfig
 from ..errors import BatchConflict, StoreError, UplinkError, UplinkRefused
 from ..store import DeadLetter, Queued, Store
 from .base import Batch, Uplink
-from .wire import looks_intact, well_formed
+from .wire import looks_intact, to_columns, well_formed
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 # cloud's limits may have been raised since, or the 413 came from the bytes of a few
 # large readings, not from the count.
 CAP_HOLD_S = 600.0
+FORMATS = ("columns", "readings")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,14 +56,24 @@ class BatchPolicy:
     batch_age_s: float = 2.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
+    format: str = "columns"  # or "readings": the row form, for a cloud older than columns
 
     def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.batch_max < 1 or self.batch_max_bytes < 1:
             raise ValueError("batch_max and batch_max_bytes must be >= 1")
         if self.batch_age_s < 0 or self.backoff_initial_s <= 0:
             raise ValueError("batch_age_s must be >= 0 and backoff_initial_s > 0")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
+
+    @classmethod
+    def of(cls, up: UplinkConfig) -> BatchPolicy:
+        """The policy an ``[uplink]`` section asks for (the daemon's and the benches')."""
+        return cls(batch_max=up.batch_max, batch_age_s=up.batch_age_s,
+                   backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s,
+                   format=up.format)
 
     def backoff(self, failures: int, rng: Callable[[], float] = random.random) -> float:
         """Full jitter: uniform in [0, min(max, initial * 2^(failures-1)))."""
@@ -173,12 +189,19 @@ class Batcher:
 
     async def _next_batch(self) -> Batch | None:
         queued = _within(await self.store.queued(self._most()), self.policy.batch_max_bytes)
-        readings = await self._keep_intact(queued, looks_intact)
+        if not queued:
+            return None
+        columns: bytes | None = None
+        if self.policy.format == "columns":
+            readings, columns, unfit = to_columns(queued)
+            await self._dead_letter(unfit)
+        else:
+            readings = await self._keep_intact(queued, looks_intact)
         if not readings:
             return None
         number = await self.store.next_batch_number()
         return Batch(gateway=self.gateway, batch_id=f"{self.gateway}-{number:012d}",
-                     readings=tuple(readings))
+                     readings=tuple(readings), columns=columns)
 
     async def _send_one(self) -> None:
         if self._batch is None:
@@ -194,8 +217,8 @@ class Batcher:
         except UplinkRefused as exc:
             if exc.status == 413:
                 await self._too_large(batch, exc)
-            elif exc.status == 400 and await self._drop_malformed(batch):
-                self._batch = None  # the others go out under a new id
+            elif exc.status == 400:
+                await self._refused(batch, exc)
             raise
         keys = {r.key for r in batch.readings}
         acked = [k for k in answer.acked if k in keys]
@@ -227,16 +250,39 @@ class Batcher:
         verdicts = [check(q) for q in items]
         if all(verdicts):
             return list(items)
-        bad = [q for q, ok in zip(items, verdicts, strict=True) if not ok]
-        for q in bad:
+        await self._dead_letter([(q, "corrupt queue body")
+                                 for q, ok in zip(items, verdicts, strict=True) if not ok])
+        return [q for q, ok in zip(items, verdicts, strict=True) if ok]
+
+    async def _dead_letter(self, bad: Sequence[tuple[Queued, str]]) -> None:
+        """Move queued items whose stored body cannot be sent to dead letters, each with
+        its reason, so that no batch meets them again."""
+        if not bad:
+            return
+        for q, why in bad:
             log.error("uplink: the queued body of %s seq %s is corrupt (%.60s); moved to "
-                      "dead letters, not sent", q.device, q.seq, repr(q.body))
-        moved = await self.store.dead_letter(
-            [DeadLetter(q.device, q.seq, "corrupt queue body") for q in bad])
+                      "dead letters, not sent: %s", q.device, q.seq, repr(q.body), why)
+        moved = await self.store.dead_letter([DeadLetter(q.device, q.seq, why) for q, why in bad])
         if moved < len(bad):  # else the next batch would meet them again, at once
             raise StoreError(f"{len(bad) - moved} corrupt queue rows could not be moved "
                              "to dead letters")
-        return [q for q, ok in zip(items, verdicts, strict=True) if ok]
+
+    async def _refused(self, batch: Batch, exc: UplinkRefused) -> None:
+        """400: the cloud finds the batch malformed. Spliced, a stored body may be the
+        cause: the bad ones go to dead letters and the others out under a new id. As
+        columns it cannot be (every body was decoded and every value checked when the
+        batch was built, so the body is well-formed by construction): the likely cause
+        is a cloud older than columns, a configuration problem as a 401 is; the batch is
+        kept and retried with backoff, with an error naming the remedy, and nothing is
+        deleted (checking the bodies again would find nothing, or readings the cloud
+        would only reject one by one)."""
+        if batch.columns is None:
+            if await self._drop_malformed(batch):
+                self._batch = None  # the others go out under a new id
+            return
+        log.error("uplink: the cloud refused columnar batch %s as malformed (%s); if it is "
+                  "older than columnar batches, set [uplink] format = \"readings\"; the "
+                  "batch stays queued", batch.batch_id, exc)
 
     async def _drop_malformed(self, batch: Batch) -> bool:
         """After a 400: dead-letter the batch's items that fail the full check (too dear
