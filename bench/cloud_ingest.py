@@ -1,7 +1,9 @@
 """Cloud ingest: readings/s through the API into SQLite and PostgreSQL, against raw inserts.
 
 For each backend, on a fresh database each time, batches of 500 readings (2 measurements
-each, 50 devices) are stored three ways in the same run:
+each, 50 devices; bodies as columns, as the gateway sends them, docs/protocol.md §3) are
+stored three ways in the same run, and SQLite again with batches of 2000 (the gateway's
+default `batch_max`, what a busy gateway sends):
 
 - raw:     the rows the storage's schema holds, inserted directly, in the same (key) order,
            one transaction per 500 readings, same durability - the baseline (SQLite: one
@@ -60,18 +62,20 @@ from machi_cloud.storage.rows import m_text
 from machi_cloud.storage.sqlite import SQLiteStorage
 
 BATCH = 500
+GATEWAY_BATCH = 2000  # the gateway's default batch_max (gateway/machi_gateway/uplink/batcher.py)
 DEVICES = 50
 T0 = 1795390000
 TOKEN = "bench-secret"
 
 
-def bodies(readings: int) -> list[bytes]:
-    """CBOR batches as a gateway sends them: each device's seq counts up across batches."""
+def bodies(readings: int, *, batch: int = BATCH, columns: bool = True) -> list[bytes]:
+    """CBOR batches as a gateway sends them: each device's seq counts up across batches;
+    as columns (the gateway's default, docs/protocol.md §3) or as reading maps."""
     out = []
-    for b in range(readings // BATCH):
+    for b in range(readings // batch):
         items = []
-        for i in range(BATCH):
-            n = b * BATCH + i
+        for i in range(batch):
+            n = b * batch + i
             device, seq = f"env-{n % DEVICES:04d}", n // DEVICES
             items.append(
                 {
@@ -86,8 +90,22 @@ def bodies(readings: int) -> list[bytes]:
                     ],
                 }
             )
-        out.append(cbor2.dumps({"gateway": "gw-01", "batch_id": f"b-{b}", "readings": items}))
+        doc: dict[str, Any] = {"gateway": "gw-01", "batch_id": f"b-{b}"}
+        doc.update({"columns": as_columns(items)} if columns else {"readings": items})
+        out.append(cbor2.dumps(doc))
     return out
+
+
+def as_columns(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reading maps that all have the same measurements as columns with dense series."""
+    cols: dict[str, Any] = {
+        key: [r[key] for r in items] for key in ("device", "seq", "time", "received", "transport")
+    }
+    cols["m"] = [
+        {"n": m["n"], "u": m["u"], "v": [r["m"][j]["v"] for r in items]}
+        for j, m in enumerate(items[0]["m"])
+    ]
+    return cols
 
 
 def rows(batch: Batch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -256,7 +274,7 @@ async def paired_sqlite(
         ratios.append(t_raw / t_api)
         t_raws.append(t_raw)
         t_apis.append(t_api)
-    readings = len(batches) * BATCH
+    readings = sum(len(b.readings) for b in batches)
     return readings / min(t_raws), readings / min(t_apis), statistics.median(ratios)
 
 
@@ -350,7 +368,7 @@ class Backend:
 async def measure(
     backend: Backend, raw: list[bytes], batches: list[Batch], repeat: int
 ) -> dict[str, float]:
-    readings = len(batches) * BATCH
+    readings = sum(len(b.readings) for b in batches)
     best = dict.fromkeys(("raw", "storage", "api", "http"), float("inf"))
     for _ in range(repeat):  # interleaved, best of `repeat`: the machine is shared
         best["raw"] = min(best["raw"], await backend.raw(batches))
@@ -372,7 +390,7 @@ def parse_rate(raw: list[bytes], parse: Callable[..., Batch]) -> float:
         for body in raw:
             parse(body, max_readings=5000)
         best = min(best, time.perf_counter() - start)
-    return len(raw) * BATCH / best
+    return len(raw) * len(parse(raw[0], max_readings=5000).readings) / best
 
 
 def pin_to_one_cpu() -> str:
@@ -385,18 +403,23 @@ def pin_to_one_cpu() -> str:
 
 async def amain(readings: int, repeat: int) -> dict[str, float]:
     raw = bodies(readings)
-    batches = [parse_batch(b, max_readings=5000) for b in raw]
+    batches = [fastbatch.parse_batch(b, max_readings=5000) for b in raw]
     freeze_startup_objects()  # as `machi-cloud` does once it has built its app
     results: dict[str, float] = {}
-    print(f"cloud ingest: {readings} readings per run, batches of {BATCH}, 2 measurements each")
+    print(
+        f"cloud ingest: {readings} readings per run, batches of {BATCH} (and {GATEWAY_BATCH},"
+        " the gateway's batch_max), 2 measurements each, sent as columns"
+    )
     print(
         f"  {pin_to_one_cpu()}; api = POST /v1/batches in-process (ASGI), http = real"
         f" machi-cloud process on another CPU; best of {repeat}; % of raw"
     )
+    maps = bodies(readings, columns=False)
     print(
-        "  parse only (CBOR -> validated readings):"
-        f" {parse_rate(raw, fastbatch.parse_batch):,.0f} readings/s (the service's fast lane),"
-        f" {parse_rate(raw, parse_batch):,.0f}/s (batch.parse_batch, the reference)"
+        "  parse only (CBOR -> validated readings), the service's fast lane:"
+        f" {parse_rate(raw, fastbatch.parse_batch):,.0f} readings/s as columns,"
+        f" {parse_rate(maps, fastbatch.parse_batch):,.0f}/s as reading maps;"
+        f" the reference (batch.parse_batch) {parse_rate(maps, parse_batch):,.0f}/s"
     )
     with tempfile.TemporaryDirectory(prefix="machi-bench-") as tmp:
         backends: list[tuple[str, PostgresServer | None]] = [("sqlite", None)]
@@ -411,15 +434,27 @@ async def amain(readings: int, repeat: int) -> dict[str, float]:
                     results.update({"sqlite_paired_ratio": ratio})
                 rates = await measure(Backend(name, Path(tmp), server), raw, batches, repeat)
                 results.update({f"{name}_{path}": rate for path, rate in rates.items()})
-                raw_rate = rates["raw"]
-                print(
-                    f"  {name:9s} raw {raw_rate:8,.0f}/s"
-                    + "".join(
-                        f"   {path} {rates[path]:8,.0f}/s ({rates[path] / raw_rate:4.0%})"
-                        for path in ("storage", "api", "http")
-                    )
-                )
+                print_rates(name, rates)
+            big = bodies(readings, batch=GATEWAY_BATCH)
+            big_batches = [fastbatch.parse_batch(b, max_readings=5000) for b in big]
+            (Path(tmp) / "big").mkdir()
+            rates = await measure(
+                Backend("sqlite", Path(tmp) / "big", None), big, big_batches, repeat
+            )
+            results.update({f"sqlite_{GATEWAY_BATCH}_{path}": r for path, r in rates.items()})
+            print_rates(f"sqlite, batches of {GATEWAY_BATCH}:\n           ", rates)
     return results
+
+
+def print_rates(name: str, rates: dict[str, float]) -> None:
+    raw_rate = rates["raw"]
+    print(
+        f"  {name:9s} raw {raw_rate:8,.0f}/s"
+        + "".join(
+            f"   {path} {rates[path]:8,.0f}/s ({rates[path] / raw_rate:4.0%})"
+            for path in ("storage", "api", "http")
+        )
+    )
 
 
 def profile(readings: int) -> None:
@@ -452,14 +487,14 @@ async def _inline(st: SQLiteStorage, fn: Callable[[sqlite3.Connection], Any]) ->
 def run() -> dict[str, float]:
     readings = int(os.environ.get("MACHI_BENCH_READINGS", "20000"))
     repeat = int(os.environ.get("MACHI_BENCH_REPEAT", "3"))
-    return asyncio.run(amain(readings - readings % BATCH, repeat=repeat))
+    return asyncio.run(amain(readings - readings % GATEWAY_BATCH, repeat=repeat))
 
 
 async def paired_only(readings: int, repeat: int) -> float:
     """Only the SQLite paired measurement (`python -m bench.cloud_ingest paired`): the
     quick before/after check, e.g. against an older tree with `PYTHONPATH=<tree>/cloud`."""
     raw = bodies(readings)
-    batches = [parse_batch(b, max_readings=5000) for b in raw]
+    batches = [fastbatch.parse_batch(b, max_readings=5000) for b in raw]
     freeze_startup_objects()
     print(f"  {pin_to_one_cpu()}; {readings} readings per run, batches of {BATCH}")
     with tempfile.TemporaryDirectory(prefix="machi-bench-") as tmp:
