@@ -26,12 +26,13 @@ from typing import Any
 
 import asyncpg
 import cbor2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from machi_cloud import fastbatch
 from machi_cloud.batch import Reading, ReadingColumns, Rejection
-from machi_cloud.storage import ReadingQuery, rows
+from machi_cloud.storage import ReadingQuery, base, rows
 from machi_cloud.storage.base import BatchResult, Storage
 from machi_cloud.storage.pgserver import PostgresServer
 from machi_cloud.storage.postgres import PostgresStorage
@@ -114,7 +115,7 @@ def test_sorted_columns_give_the_rows_of_the_readings(items: Any, data: st.DataO
     )
     ms = [(d, q, n, u, v) for d, q, _, _, _, m in ordered for n, u, v in m]
     assert typed(c.measurement_rows()) == typed(ms)
-    assert c.m_texts() == [rows.m_text(m) for *_, m in ordered]  # SQLite's samples.m
+    assert list(c.m_texts()) == [rows.m_text(m) for *_, m in ordered]  # SQLite's samples.m
     time_of = {(r[0], r[1]): r[2] for r in ordered}
     assert typed(c.latest_rows()) == typed(
         [(d, n, q, time_of[d, q], u, v) for d, q, n, u, v in rows.newest(ms).values()]
@@ -152,6 +153,17 @@ def test_encoded_answer_is_cbor2s(
 ) -> None:
     r = BatchResult("b-1", stored, 3, tuple(acked), tuple(rejected))
     assert r.encode() == cbor2.dumps(r.answer())
+
+
+def test_answers_stay_cbor2s_when_the_device_cache_fills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_pair_heads` keeps devices' encodings across batches and starts over when full."""
+    monkeypatch.setattr(base, "_PAIR_HEADS", {})
+    monkeypatch.setattr(base, "_PAIR_HEADS_MAX", 5)
+    for n in range(6):
+        acked = tuple((f"dev-{(n + i) % 9}", 300 + i) for i in range(4))
+        r = BatchResult("b-1", 4, 0, acked, ())
+        assert r.encode() == cbor2.dumps(r.answer())
+        assert len(base._PAIR_HEADS) <= 5
 
 
 async def store_all(

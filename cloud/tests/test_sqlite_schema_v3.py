@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from machi_cloud.batch import Measurement, Reading, Value
+from machi_cloud.batch import Measurement, Reading, ReadingColumns, Value
 from machi_cloud.errors import StorageUnavailable
 from machi_cloud.storage import Cursor, ReadingQuery, rows
 from machi_cloud.storage import sqlite_control as control
@@ -322,29 +322,23 @@ async def test_a_newer_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_template_encodes_awkward_units_as_the_reading_path_does() -> None:
-    """`m_texts`' one-template path (same metrics and units in every reading; units with
-    `%` or a NUL, which must not cut the batch's one formatted text wrongly) and its
-    per-reading path (units differ) against `m_text` of each reading."""
+    """`m_texts`' templates (one for the batch when every reading has the same metrics and
+    units, else one per shape) with units holding `%` or a NUL, which must not cut the
+    batch's one formatted text wrongly, against `m_text` of each reading."""
     for units in (["%r]", 'a"%s'], ["%%", None], ["x\x00", "y"]):
-        readings = [
-            ("env-0001", seq, T0, None, "coap", (("a", units[0], seq / 3), ("b", units[1], seq)))
-            for seq in range(4)
-        ]
         for mixed in (False, True):
-            group_rows = [
-                tuple(
-                    ("env-0001", r[1], n, "other" if mixed and r[1] == 2 else u, v)
-                    for n, u, v in r[5]
-                )
-                for r in readings
+            ms = [
+                (("a", "other" if mixed and seq == 2 else units[0], seq / 3), ("b", units[1], seq))
+                for seq in range(4)
             ]
-            c = rows.SortedColumns(
-                acked=tuple((r[0], r[1]) for r in readings),
-                columns=tuple(zip(*(r[:5] for r in readings), strict=True)),
-                groups=tuple(group_rows),
-                uniform=True,
-            )
-            assert c.m_texts() == [rows.m_text([g[2:] for g in group]) for group in group_rows]
+            flat = [m for group in ms for m in group]
+            cols = ReadingColumns(
+                ["env-0001"] * 4, list(range(4)), [T0] * 4, [None] * 4, ["coap"] * 4,
+                [m[0] for m in flat], [m[1] for m in flat], [m[2] for m in flat], [2] * 4,
+            )  # fmt: skip
+            c = rows.SortedColumns.of(cols)
+            assert c is not None
+            assert list(c.m_texts()) == [rows.m_text(group) for group in ms]
 
 
 def plan(sql: str, args: Sequence[Any]) -> str:

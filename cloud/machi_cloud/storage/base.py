@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import chain
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
@@ -119,9 +119,10 @@ def _encode_acked(acked: Sequence[tuple[str, int]]) -> bytes | None:
     """The CBOR array of `[device, seq]` arrays, as cbor2 encodes it, when every seq has
     the same encoded size (the usual batch: seqs of one magnitude); else None. Built from
     one cbor2 encoding of the seqs cut into equal pieces (one `struct` call) and each
-    device's encoding (behind the 2-array header) made once: no Python step per pair."""
-    if not acked:
-        return cbor2.dumps([])
+    device's encoding behind the 2-array header (`_pair_heads`), put between them by one
+    slice assignment: no Python step per pair."""
+    if len(acked) < 2:  # `itemgetter` of one key gives no tuple
+        return cbor2.dumps([list(pair) for pair in acked])
     devices, seqs = zip(*acked, strict=True)
     if not set(map(type, seqs)) <= {int} or not set(map(type, devices)) <= {str}:
         return None
@@ -131,11 +132,29 @@ def _encode_acked(acked: Sequence[tuple[str, int]]) -> bytes | None:
         return None
     encoded = cbor2.dumps(seqs)
     start = len(encoded) - size * len(seqs)  # the array's header comes first
-    pieces = _pieces(size, len(seqs)).unpack_from(encoded, start)
-    pair = {d: b"\x82" + cbor2.dumps(d) for d in set(devices)}
-    return encoded[:start] + b"".join(
-        chain.from_iterable(zip(map(pair.__getitem__, devices), pieces, strict=True))
-    )
+    parts: list[bytes] = [b""] * (2 * len(seqs))
+    parts[0::2] = _pair_heads(devices)
+    parts[1::2] = _pieces(size, len(seqs)).unpack_from(encoded, start)
+    return encoded[:start] + b"".join(parts)
+
+
+_PAIR_HEADS: dict[str, bytes] = {}  # device -> b"\x82" + its CBOR text, kept across batches
+_PAIR_HEADS_MAX = 100_000
+
+
+def _pair_heads(devices: Sequence[str]) -> tuple[bytes, ...]:
+    """`b"\\x82" + cbor2.dumps(device)` of each of two or more devices. A gateway's devices
+    recur batch after batch, so their encodings are kept (at most `_PAIR_HEADS_MAX`):
+    a cbor2 call per distinct device would cost more than the rest of the answer."""
+    get = itemgetter(*devices)
+    try:
+        return get(_PAIR_HEADS)  # type: ignore[no-any-return]
+    except KeyError:  # new devices: this batch's own map (another thread may clear the cache)
+        heads = {d: _PAIR_HEADS.get(d) or b"\x82" + cbor2.dumps(d) for d in set(devices)}
+        if len(_PAIR_HEADS) + len(heads) > _PAIR_HEADS_MAX:
+            _PAIR_HEADS.clear()
+        _PAIR_HEADS.update(heads)
+        return get(heads)  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=8)  # a few batch lengths recur (one Struct is ~2 KB per 1,000 pieces)

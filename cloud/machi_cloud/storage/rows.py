@@ -100,8 +100,6 @@ def first_of_each(readings: Sequence[Reading]) -> dict[tuple[str, int], Reading]
 
 
 _DEVICE_METRIC = itemgetter(0, 2)
-_UNIT = itemgetter(3)
-_VALUE = itemgetter(4)
 
 
 def in_key_order(unique: dict[tuple[str, int], Reading]) -> list[Reading]:
@@ -148,40 +146,90 @@ def m_text(measurements: Sequence[tuple[Any, ...]]) -> str:
     return _JSON(measurements)
 
 
-def _picker(order: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """`pick(seq)`: the items of `seq` at the indices `order`, as a tuple (C-level)."""
+def _picker(order: list[int]) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """`pick(seq)`: the items of `seq` at the indices `order` (C-level)."""
     if len(order) > 1:
         return itemgetter(*order)
     return lambda seq: tuple(seq[i] for i in order)
 
 
+def _device_of_key(item: tuple[tuple[str, str], int]) -> str:
+    """The device of a `((device, metric), index)` item."""
+    return item[0][0]
+
+
+def _same(seq: Sequence[Any]) -> Sequence[Any]:
+    """The pick of a batch already in key order: every item, as it is."""
+    return seq
+
+
+def _template(shape: Iterable[tuple[str, str | None]]) -> str:
+    """The `%` template of `m_text` for measurements of this (metric, unit) shape: a `%r`
+    where each value goes (`repr` of an int or a float is its JSON)."""
+    heads = (f"[{_JSON(n)},{_JSON(u)},".replace("%", "%%") + "%r]" for n, u in shape)
+    return "[" + ",".join(heads) + "]"
+
+
+def _m_texts_of(c: ReadingColumns) -> list[str]:
+    """`m_text` of each reading of `c`, in batch order, with no Python step per reading:
+    one template per distinct (metric, unit) shape, every value put in by one `%` for
+    the whole batch, the result cut at NULs (JSON text escapes every control character,
+    so a raw NUL can only be a cut). Every value is an int or a float."""
+    n, lens = len(c.lens), c.lens
+    if not n:
+        return []
+    k = lens[0]
+    if lens.count(k) == n and c.names == c.names[:k] * n and c.units == c.units[:k] * n:
+        # the usual batch: every reading has the same metrics with the same units
+        templates: Iterable[str] = [_template(zip(c.names[:k], c.units[:k], strict=True))] * n
+    else:
+        pairs = iter(list(zip(c.names, c.units, strict=True)))
+        shapes = list(map(tuple, map(islice, repeat(pairs), lens)))
+        made = {s: _template(s) for s in set(shapes)}
+        templates = map(made.__getitem__, shapes)
+    return ("\0".join(templates) % tuple(c.values)).split("\0")
+
+
 class SortedColumns:
     """What a storage derives from a batch's readings, taken from `ReadingColumns` with
     no Python step per reading: its keys, and the readings in key order `(device, seq)`
-    as columns, each reading's measurements as `(device, seq, metric, unit, value)` rows.
+    as columns. The rest is derived when asked for, from the batch's own columns and the
+    key order's indices (SQLite asks for `m` texts and latest rows, PostgreSQL for
+    measurement rows): nothing is built per measurement that the storage does not take,
+    and a batch already in key order is not reordered.
 
     `of(readings)` is None unless they are `ReadingColumns` (the parser's fast lane) with
     no key twice (the generic path handles the first-wins rule then). `only(keys)` keeps
     the readings with those keys (the new ones). Every method gives what the per-reading
-    helpers above give for the same readings (`tests/test_column_path.py` compares
-    them)."""
+    helpers above give for the same readings (`tests/test_column_path.py` and
+    `tests/test_sorted_columns.py` compare them)."""
 
     __slots__ = (
-        "acked", "devices", "groups", "received", "seqs", "times", "transports", "uniform",
+        "_by_device", "_groups", "_last", "_order", "_pick", "_source", "acked", "devices",
+        "received", "seqs", "times", "transports",
     )  # fmt: skip
 
     def __init__(
         self,
         acked: tuple[tuple[str, int], ...],
-        columns: tuple[tuple[Any, ...], ...],
-        groups: tuple[tuple[tuple[Any, ...], ...], ...],
-        uniform: bool,
+        source: ReadingColumns,
+        order: list[int] | None,
+        by_device: bool = False,
     ) -> None:
+        """`order`: the indices in `source` of the readings kept, in key order (None: all
+        of them, already in key order); `by_device`: it is the stable sort of all of
+        them by device (each device's readings in batch order are in key order)."""
         self.acked = acked  # the keys in batch order
-        self.devices, self.seqs, self.times, self.received, self.transports = columns
-        self.groups = groups  # each reading's measurement rows, in key order
-        # every reading has the same metrics in the same order
-        self.uniform = uniform
+        self._source = source
+        self._order = order
+        self._by_device = by_device
+        self._pick = _same if order is None else _picker(order)
+        pick, c = self._pick, source
+        self.devices, self.seqs = pick(c.devices), pick(c.seqs)
+        self.times, self.received = pick(c.times), pick(c.received)
+        self.transports = pick(c.transports)
+        self._groups: Sequence[tuple[tuple[Any, ...], ...]] | None = None
+        self._last: list[int] | None = None
 
     @classmethod
     def of(cls, readings: Sequence[Reading]) -> SortedColumns | None:
@@ -192,55 +240,63 @@ class SortedColumns:
         acked = tuple(zip(c.devices, c.seqs, strict=True))
         # a stable sort by device is key order when each device's seqs rise through the
         # batch (the usual batch), and then no key is there twice
-        order = sorted(range(n), key=c.devices.__getitem__)
-        pick = _picker(order)
-        d_s, q_s = pick(c.devices), pick(c.seqs)
-        if any(map(and_, map(eq, d_s, d_s[1:]), map(ge, q_s, q_s[1:]))):
-            if len(dict.fromkeys(acked)) != n:
-                return None
-            order = sorted(range(n), key=acked.__getitem__)
-            pick = _picker(order)
-            d_s, q_s = pick(c.devices), pick(c.seqs)
-        per = set(c.lens)
-        groups: list[tuple[Any, ...]]
-        if len(per) == 1 and n:  # k each: each reading's device and seq k times over
-            k = c.lens[0]
-            devices: list[Any] = [None] * (n * k)
-            seqs: list[Any] = devices.copy()
-            for j in range(k):
-                devices[j::k] = c.devices
-                seqs[j::k] = c.seqs
-            flat = list(zip(devices, seqs, c.names, c.units, c.values, strict=True))
-            groups = list(zip(*[iter(flat)] * k, strict=True)) if k else [()] * n
-            uniform = all(len(set(c.names[j::k])) == 1 for j in range(k))
-        else:
-            flat = list(
-                zip(
-                    chain.from_iterable(map(repeat, c.devices, c.lens)),
-                    chain.from_iterable(map(repeat, c.seqs, c.lens)),
+        order: list[int] | None = sorted(range(n), key=c.devices.__getitem__)
+        if order == list(range(n)):
+            order = None
+        sorted_ = cls(acked, c, order, by_device=True)
+        d_s, q_s = sorted_.devices, sorted_.seqs
+        if not any(map(and_, map(eq, d_s, d_s[1:]), map(ge, q_s, q_s[1:]))):
+            return sorted_
+        if len(dict.fromkeys(acked)) != n:
+            return None
+        return cls(acked, c, sorted(range(n), key=acked.__getitem__))
+
+    def only(self, keys: Iterable[tuple[str, int]]) -> SortedColumns:
+        """The readings whose key is in `keys`, in the same order."""
+        wanted = set(keys)
+        mask = map(wanted.__contains__, zip(self.devices, self.seqs, strict=True))
+        order = range(len(self._source)) if self._order is None else self._order
+        return SortedColumns(self.acked, self._source, list(compress(order, mask)))
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def _ends(self) -> list[int]:
+        """The index of each device's last reading (in key order a device's readings
+        follow one another), made once."""
+        if self._last is None:
+            devices = self.devices
+            self._last = list(dict(zip(devices, range(len(devices)), strict=True)).values())
+        return self._last
+
+    @property
+    def groups(self) -> Sequence[tuple[tuple[Any, ...], ...]]:
+        """Each reading's `(device, seq, metric, unit, value)` rows, in key order."""
+        if self._groups is None:
+            c = self._source
+            n, lens = len(c.lens), c.lens
+            groups: list[tuple[tuple[Any, ...], ...]]
+            if n and lens.count(lens[0]) == n:  # k each: each device and seq k times over
+                k = lens[0]
+                devices: list[Any] = [None] * (n * k)
+                seqs = devices.copy()
+                for j in range(k):
+                    devices[j::k] = c.devices
+                    seqs[j::k] = c.seqs
+                flat = zip(devices, seqs, c.names, c.units, c.values, strict=True)
+                groups = list(zip(*[flat] * k, strict=True)) if k else [()] * n
+            else:
+                flat = zip(
+                    chain.from_iterable(map(repeat, c.devices, lens)),
+                    chain.from_iterable(map(repeat, c.seqs, lens)),
                     c.names,
                     c.units,
                     c.values,
                     strict=True,
                 )
-            )
-            it = iter(flat)
-            groups = [tuple(islice(it, k)) for k in c.lens]
-            uniform = not n
-        columns = (d_s, q_s, pick(c.times), pick(c.received), pick(c.transports))
-        return cls(acked, columns, pick(groups), uniform)
-
-    def only(self, keys: Iterable[tuple[str, int]]) -> SortedColumns:
-        """The readings whose key is in `keys`, in the same order."""
-        wanted = set(keys)
-        mask = list(map(wanted.__contains__, zip(self.devices, self.seqs, strict=True)))
-        columns = (self.devices, self.seqs, self.times, self.received, self.transports)
-        kept = tuple(tuple(compress(col, mask)) for col in columns)
-        groups = tuple(compress(self.groups, mask))
-        return SortedColumns(self.acked, kept, groups, self.uniform)
-
-    def __len__(self) -> int:
-        return len(self.devices)
+                groups = list(map(tuple, map(islice, repeat(flat), lens)))
+            self._groups = self._pick(groups)
+        return self._groups
 
     def sample_rows(self, *extra: Any, m: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
         """`(device, seq, time, received, transport, *extra)` per reading, and its `m`
@@ -253,36 +309,61 @@ class SortedColumns:
         """`(device, seq, metric, unit, value)` per measurement, as in `ordered` readings."""
         return list(chain.from_iterable(self.groups))
 
-    def m_texts(self) -> list[str]:
-        """`m_text` of each reading's measurements, in key order. When every reading has
-        the same metrics with the same units (the usual batch), one template made once
-        (names and units encoded once) takes each reading's values; else each reading
-        is encoded on its own. Every value is an int or a float: `%r` is its JSON."""
-        groups = self.groups
-        k = len(groups[0]) if groups else 0
-        if self.uniform and k:
-            flat = list(chain.from_iterable(groups))
-            units = list(map(_UNIT, flat))
-            if all(units[j::k].count(units[j]) == len(groups) for j in range(k)):
-                heads = [f"[{_JSON(n)},{_JSON(u)}," for _, _, n, u, _ in groups[0]]
-                template = "[" + ",".join(h.replace("%", "%%") + "%r]" for h in heads) + "]"
-                # one `%` for the whole batch, cut at NULs: JSON text escapes every control
-                # character, so a raw NUL can only be a cut
-                whole = "\0".join([template] * len(groups)) % tuple(map(_VALUE, flat))
-                return whole.split("\0")
-        return [_JSON([r[2:] for r in g]) for g in groups]
+    def m_texts(self) -> Sequence[str]:
+        """`m_text` of each reading's measurements, in key order (`_m_texts_of`)."""
+        return self._pick(_m_texts_of(self._source))
+
+    def _uniform(self) -> int | None:
+        """k when every reading of the batch has the same k metrics, else None."""
+        c = self._source
+        n, lens = len(c.lens), c.lens
+        if not n or lens.count(lens[0]) != n:
+            return None
+        k = lens[0]
+        return k if c.names == c.names[:k] * n else None
 
     def latest_rows(self) -> list[tuple[Any, ...]]:
         """`(device, metric, seq, time, unit, value)` of the newest measurement per
         (device, metric), ordered as `newest` orders them."""
-        if self.uniform:  # the newest reading of each device has them all
-            last = dict(zip(self.devices, range(len(self.devices)), strict=True))
-            times, groups = self.times, self.groups
-            return [(d, n, q, times[i], u, v) for i in last.values() for d, q, n, u, v in groups[i]]
+        k = self._uniform()
+        if k:  # the newest reading of each device has them all: k rows from each
+            last = self._ends()
+            order, c = self._order, self._source
+            mine = last if order is None else list(map(order.__getitem__, last))
+            at = _picker(last)
+            at_flat = _picker([o * k + j for o in mine for j in range(k)])
+
+            def each(column: Sequence[Any]) -> Iterable[Any]:
+                return chain.from_iterable(map(repeat, at(column), repeat(k)))
+
+            names = c.names[:k] * len(last)
+            columns = (each(self.devices), names, each(self.seqs), each(self.times))
+            return list(zip(*columns, at_flat(c.units), at_flat(c.values), strict=True))
+        if k == 0:
+            return []
+        if self._by_device and self._groups is None:  # else the groups are there to take
+            return self._newest_by_device()
         times_of = dict(zip(zip(self.devices, self.seqs, strict=True), self.times, strict=True))
         return [
             (d, n, q, times_of[d, q], u, v)
             for d, q, n, u, v in newest(self.measurement_rows()).values()
+        ]
+
+    def _newest_by_device(self) -> list[tuple[Any, ...]]:
+        """`latest_rows` of a batch whose readings of each device are in key order: the
+        last of each (device, metric) in batch order is the newest, and a stable sort by
+        device of the first ones gives `newest`'s order. One Python step per latest row,
+        none per measurement (any metrics, a mixed fleet or sparse series)."""
+        c = self._source
+        owner = list(chain.from_iterable(map(repeat, range(len(c.lens)), c.lens)))
+        keys = zip(map(c.devices.__getitem__, owner), c.names, strict=True)
+        last = dict(zip(keys, range(len(owner)), strict=True))
+        items: Iterable[tuple[tuple[str, str], int]] = last.items()
+        if self._order is not None:
+            items = sorted(items, key=_device_of_key)
+        seqs, times, units, values = c.seqs, c.times, c.units, c.values
+        return [
+            (d, n, seqs[owner[i]], times[owner[i]], units[i], values[i]) for (d, n), i in items
         ]
 
     def device_rows(self) -> list[tuple[Any, ...]]:
@@ -294,13 +375,11 @@ class SortedColumns:
             seen = self.times
         else:
             seen = [t if rc is None else rc for t, rc in zip(self.times, received, strict=True)]
-        devices, seqs = self.devices, self.seqs
-        last = dict(zip(devices, range(len(devices)), strict=True))
-        out = []
+        seqs, out = self.seqs, []
         first = 0  # in key order each device's readings follow one another
-        for d, i in last.items():
+        for i in self._ends():
             mine = seen[first : i + 1]
-            out.append((d, min(mine), max(mine), seqs[i], i + 1 - first))
+            out.append((self.devices[i], min(mine), max(mine), seqs[i], i + 1 - first))
             first = i + 1
         return out
 

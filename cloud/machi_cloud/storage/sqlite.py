@@ -127,15 +127,23 @@ _INSERT_SAMPLE = (
 )
 # a sample row with this batch's (gateway, batch_id) was written by this transaction
 _MINE = "SELECT 1 FROM samples WHERE device = ? AND seq = ? AND gateway = ? AND batch_id = ?"
-_UPSERT_LATEST = """
-INSERT INTO latest (device, metric, seq, time, unit, value_num, value_text, value_bool)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+_LATEST_UPDATE = """
 ON CONFLICT (device, metric) DO UPDATE SET
     seq = excluded.seq, time = excluded.time, unit = excluded.unit,
     value_num = excluded.value_num, value_text = excluded.value_text,
     value_bool = excluded.value_bool
 WHERE excluded.seq > latest.seq
 """
+_UPSERT_LATEST = (
+    "INSERT INTO latest (device, metric, seq, time, unit, value_num, value_text, value_bool)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)" + _LATEST_UPDATE
+)
+# the column path's values are all numbers: its rows (`SortedColumns.latest_rows`) are
+# bound as they are, no tuple made per row to add two NULLs
+_UPSERT_LATEST_NUMBER = (
+    "INSERT INTO latest (device, metric, seq, time, unit, value_num, value_text, value_bool)"
+    " VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)" + _LATEST_UPDATE
+)
 _UPSERT_DEVICE = """
 INSERT INTO devices (device, first_seen, last_seen, last_seq, readings) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (device) DO UPDATE SET
@@ -450,7 +458,7 @@ class SQLiteStorage(Storage):
                 for key in zip(c.devices, c.seqs, strict=True)
                 if conn.execute(_MINE, (*key, gateway, batch_id)).fetchone() is not None
             )
-        conn.executemany(_UPSERT_LATEST, [(*r, None, None) for r in c.latest_rows()])
+        conn.executemany(_UPSERT_LATEST_NUMBER, c.latest_rows())
         conn.executemany(_UPSERT_DEVICE, c.device_rows())
         return len(c)
 
