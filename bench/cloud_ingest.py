@@ -13,6 +13,9 @@ default `batch_max`, what a busy gateway sends):
 - storage: `Storage.store_batch` on already parsed batches (dedup, latest, devices, answer);
 - api:     `POST /v1/batches` with CBOR bodies through the ASGI app in this process
            (httpx.ASGITransport: no sockets, no uvicorn; the client's cost is included);
+- api4:    the same with 4 clients (gateways) posting at once, each sending the next batch
+           when its answer comes: SQLite's writer commits the batches that wait for it
+           together (`storage.group_commit`), as a cloud serving many gateways does;
 - http:    the same against a real `machi-cloud` process (uvicorn, 127.0.0.1) pinned to
            the other CPU, this process being the client;
 - paired:  (SQLite) raw and api alternating batch by batch on two fresh databases, so
@@ -234,11 +237,18 @@ async def api_poster(
         yield post
 
 
-async def through_api(storage: Storage, raw: list[bytes], tmp: Path) -> float:
+async def through_api(storage: Storage, raw: list[bytes], tmp: Path, *, at_once: int = 1) -> float:
+    """The batches posted one after another, or by `at_once` clients (gateways) at a time,
+    each taking the next batch when its answer comes."""
     async with api_poster(storage, tmp) as post:
+        bodies = iter(raw)
+
+        async def client() -> None:
+            for body in bodies:
+                await post(body)
+
         start = time.perf_counter()
-        for body in raw:
-            await post(body)
+        await asyncio.gather(*(client() for _ in range(at_once)))
         return time.perf_counter() - start
 
 
@@ -369,7 +379,7 @@ async def measure(
     backend: Backend, raw: list[bytes], batches: list[Batch], repeat: int
 ) -> dict[str, float]:
     readings = sum(len(b.readings) for b in batches)
-    best = dict.fromkeys(("raw", "storage", "api", "http"), float("inf"))
+    best = dict.fromkeys(("raw", "storage", "api", "api4", "http"), float("inf"))
     for _ in range(repeat):  # interleaved, best of `repeat`: the machine is shared
         best["raw"] = min(best["raw"], await backend.raw(batches))
         best["storage"] = min(
@@ -378,6 +388,10 @@ async def measure(
         )
         best["api"] = min(
             best["api"], await backend.service(lambda st: through_api(st, raw, backend.tmp))
+        )
+        best["api4"] = min(
+            best["api4"],
+            await backend.service(lambda st: through_api(st, raw, backend.tmp, at_once=4)),
         )
         best["http"] = min(best["http"], await backend.http(raw))
     return {k: readings / v for k, v in best.items()}
@@ -452,7 +466,7 @@ def print_rates(name: str, rates: dict[str, float]) -> None:
         f"  {name:9s} raw {raw_rate:8,.0f}/s"
         + "".join(
             f"   {path} {rates[path]:8,.0f}/s ({rates[path] / raw_rate:4.0%})"
-            for path in ("storage", "api", "http")
+            for path in ("storage", "api", "api4", "http")
         )
     )
 

@@ -5,7 +5,9 @@
   survive a power cut once answered (with NORMAL, WAL may lose the last commits).
 - One writer connection on one dedicated thread (SQLite has one writer anyway) and a small
   pool of reader threads, each with its own connection; the event loop never blocks.
-- One transaction per batch (`BEGIN IMMEDIATE` ... `COMMIT`) with `executemany` inserts.
+- One transaction (`BEGIN IMMEDIATE` ... `COMMIT`) per batch, or per group of the batches
+  that waited for the writer (`group_commit.py`: one fsync for them all), with
+  `executemany` inserts.
 
 Schema (`PRAGMA user_version` = 3): `samples` holds one row per reading, key
 `(device, seq)`, its measurements in `m` as the JSON text `[[metric, unit, value], ...]`
@@ -51,6 +53,7 @@ from .base import (
     Storage,
     StorageStats,
 )
+from .group_commit import GroupCommit
 from .records import (
     AggregateQuery,
     AggregateRow,
@@ -279,6 +282,7 @@ class SQLiteStorage(Storage):
         self._writer: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._wconn: sqlite3.Connection | None = None
+        self._group: GroupCommit[BatchResult] | None = None
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -292,6 +296,9 @@ class SQLiteStorage(Storage):
         self._readers = ThreadPoolExecutor(
             self._readers_n, thread_name_prefix="machi-sqlite-reader"
         )
+        self._group = GroupCommit(
+            self._writer.submit, self._writer_connection, name=self.path.name
+        )
         try:
             await self._write(self._init_schema)
         except BaseException:
@@ -301,6 +308,7 @@ class SQLiteStorage(Storage):
     async def close(self) -> None:
         writer, readers = self._writer, self._readers
         self._writer = self._readers = None
+        self._group = None
         for pool in (writer, readers):
             if pool is not None:
                 await asyncio.to_thread(pool.shutdown, wait=True)
@@ -351,11 +359,15 @@ class SQLiteStorage(Storage):
             raise StorageUnavailable("the storage is closed")
 
         def run() -> T:
-            if self._wconn is None:
-                self._wconn = self._connect()
-            return self._guard(fn, self._wconn)
+            return self._guard(fn, self._writer_connection())
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The writer's connection, opened on first use (on the writer thread)."""
+        if self._wconn is None:
+            self._wconn = self._connect()
+        return self._wconn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._readers is None:
@@ -395,7 +407,9 @@ class SQLiteStorage(Storage):
         def run(conn: sqlite3.Connection) -> BatchResult:
             return self._store(conn, gateway, batch_id, body_hash, readings, tuple(rejected))
 
-        return await self._write(run)
+        if self._group is None:
+            raise StorageUnavailable("the storage is closed")
+        return await self._group.run(run)
 
     def _store(
         self,
@@ -406,20 +420,21 @@ class SQLiteStorage(Storage):
         readings: Sequence[Reading],
         rejected: tuple[Rejection, ...],
     ) -> BatchResult:
-        """One transaction. Samples go in with `ON CONFLICT DO NOTHING`; when the change
+        """Inside the transaction of its group (`group_commit`: the batches that waited for
+        the writer share one commit), after the batches before it in the group, whose rows
+        it sees as a transaction of its own would. Samples go in with
+        `ON CONFLICT DO NOTHING`; when the change
         count says every reading was new (the usual case) no lookup is needed, else the
         rows this batch wrote are those carrying its (gateway, batch_id), which no earlier
         batch can have (its `batches` row would exist and this would be a replay).
         A fast-lane batch (`ReadingColumns`, no key twice) is written from its columns, any
         other from its readings: the same rows either way."""
         columns = rows.SortedColumns.of(readings)
-        conn.execute("BEGIN IMMEDIATE")
         row = conn.execute(
             "SELECT body_sha256, answer FROM batches WHERE gateway = ? AND batch_id = ?",
             (gateway, batch_id),
         ).fetchone()
-        if row is not None:
-            conn.rollback()
+        if row is not None:  # nothing written: a replay or a conflict
             return rows.replayed(gateway, batch_id, body_hash, row[0], row[1])
 
         now = time.time()
@@ -441,7 +456,6 @@ class SQLiteStorage(Storage):
             " VALUES (?, ?, ?, ?, ?)",
             (gateway, batch_id, body_hash, answer, now),
         )
-        conn.commit()
         return replace(result, encoded=answer)
 
     @staticmethod

@@ -1,0 +1,196 @@
+"""`storage.group_commit.GroupCommit`: jobs queued behind a busy writer share one commit,
+a failing job is undone alone, a failing commit fails the whole group and stores nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from machi_cloud.batch import Measurement, Reading
+from machi_cloud.errors import BatchConflict, StorageUnavailable
+from machi_cloud.storage.base import ReadingQuery
+from machi_cloud.storage.group_commit import GroupCommit
+from machi_cloud.storage.sqlite import SQLiteStorage
+
+
+class Writer:
+    """A one-thread executor with its connection, as `SQLiteStorage` has, and a gate that
+    holds the writer thread busy so that jobs pile up behind it."""
+
+    def __init__(self, path: Path, max_group: int = 32) -> None:
+        self.pool = ThreadPoolExecutor(1)
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        self.commits = 0
+        self.group: GroupCommit[Any] = GroupCommit(
+            self.pool.submit, self.connection, name=path.name, max_group=max_group
+        )
+
+    def connection(self) -> sqlite3.Connection:
+        if self.conn is None:
+            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(
+                "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY);"
+                "CREATE TABLE IF NOT EXISTS p (id INTEGER PRIMARY KEY);"
+                "CREATE TABLE IF NOT EXISTS c (pid INTEGER REFERENCES p (id)"
+                " DEFERRABLE INITIALLY DEFERRED);"
+            )
+            self.conn.set_trace_callback(self._count)
+        return self.conn
+
+    def _count(self, sql: str) -> None:
+        self.commits += sql.strip().upper() == "COMMIT"
+
+    def hold(self) -> threading.Event:
+        """Block the writer thread until the returned event is set."""
+        gate = threading.Event()
+        self.pool.submit(gate.wait, 10)
+        return gate
+
+    def keys(self) -> list[int]:
+        with sqlite3.connect(self.path) as conn:
+            return [k for (k,) in conn.execute("SELECT k FROM t ORDER BY k")]
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Writer]:
+    w = Writer(tmp_path / "g.sqlite")
+    w.pool.submit(w.connection).result()
+    yield w
+    w.pool.shutdown(wait=True)
+    if w.conn is not None:
+        w.conn.close()
+
+
+def insert(k: int) -> Callable[[sqlite3.Connection], int]:
+    def job(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO t (k) VALUES (?)", (k,))
+        return k
+
+    return job
+
+
+async def queued_behind_a_busy_writer(
+    writer: Writer, jobs: list[Callable[[sqlite3.Connection], Any]]
+) -> list[Any]:
+    gate = writer.hold()
+    tasks = [asyncio.ensure_future(writer.group.run(job)) for job in jobs]
+    await asyncio.sleep(0.05)  # every job is queued while the writer is held
+    gate.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_jobs_waiting_for_the_writer_share_one_commit(writer: Writer) -> None:
+    before = writer.commits
+    assert await queued_behind_a_busy_writer(writer, [insert(k) for k in range(6)]) == list(
+        range(6)
+    )
+    assert writer.group.sizes[-1] == 6
+    assert writer.commits - before == 1
+    assert writer.keys() == list(range(6))
+
+
+async def test_a_lone_job_is_committed_at_once(writer: Writer) -> None:
+    assert await writer.group.run(insert(1)) == 1
+    assert await writer.group.run(insert(2)) == 2
+    assert writer.group.sizes[-2:] == [1, 1]
+    assert writer.keys() == [1, 2]
+
+
+async def test_a_failing_job_is_undone_alone(writer: Writer) -> None:
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t (k) VALUES (100)")  # undone with its savepoint
+        raise ValueError("this job's own answer")
+
+    def duplicate(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t (k) VALUES (1)")  # the key job 0 wrote: a sqlite3 error
+
+    out = await queued_behind_a_busy_writer(
+        writer, [insert(1), half_then_fail, insert(2), duplicate, insert(3)]
+    )
+    assert out[0] == 1 and out[2] == 2 and out[4] == 3
+    assert isinstance(out[1], ValueError) and str(out[1]) == "this job's own answer"
+    assert isinstance(out[3], StorageUnavailable) and "UNIQUE" in str(out[3])
+    assert writer.keys() == [1, 2, 3]
+
+
+async def test_a_failed_commit_fails_the_whole_group_and_stores_nothing(writer: Writer) -> None:
+    def breaks_the_commit(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO c (pid) VALUES (42)")  # a deferred key: checked at COMMIT
+
+    out = await queued_behind_a_busy_writer(writer, [insert(1), breaks_the_commit, insert(2)])
+    assert all(isinstance(o, StorageUnavailable) and "FOREIGN KEY" in str(o) for o in out)
+    assert writer.keys() == []
+    assert await writer.group.run(insert(3)) == 3  # the writer goes on afterwards
+    assert writer.keys() == [3]
+
+
+async def test_groups_are_at_most_max_group(tmp_path: Path) -> None:
+    w = Writer(tmp_path / "m.sqlite", max_group=4)
+    try:
+        out = await queued_behind_a_busy_writer(w, [insert(k) for k in range(10)])
+        assert out == list(range(10))
+        assert w.group.sizes == [4, 4, 2]
+        assert w.keys() == list(range(10))
+    finally:
+        w.pool.shutdown(wait=True)
+
+
+async def test_a_closed_writer_answers_unavailable(writer: Writer) -> None:
+    writer.pool.shutdown(wait=True)
+    with pytest.raises(StorageUnavailable, match="closed"):
+        await writer.group.run(insert(1))
+
+
+def test_max_group_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_group"):
+        GroupCommit(lambda fn: None, lambda: sqlite3.connect(":memory:"), name="x", max_group=0)
+
+
+# -- through SQLiteStorage ---------------------------------------------------------------
+
+
+def reading(device: str, seq: int, value: float) -> Reading:
+    return Reading(device, seq, 1795390000 + seq, None, "coap",
+                   (Measurement("temp", "Cel", value),))
+
+
+async def test_batches_in_one_group_answer_as_if_stored_one_after_another(
+    tmp_path: Path,
+) -> None:
+    """Overlapping keys, a replay and a conflicting reuse of a batch id, all queued behind
+    a busy writer: one group, one commit, and each answer what it would be alone."""
+    a = (reading("env-0001", 1, 20.0), reading("env-0001", 2, 21.0))
+    b = (reading("env-0001", 2, 99.0), reading("env-0001", 3, 22.0))  # seq 2 is a's
+    async with SQLiteStorage(tmp_path / "s.sqlite") as storage:
+        assert storage._writer is not None and storage._group is not None
+        gate = threading.Event()
+        storage._writer.submit(gate.wait, 10)
+
+        def store(batch_id: str, body: bytes, readings: tuple[Reading, ...]) -> object:
+            return asyncio.ensure_future(storage.store_batch(
+                gateway="gw-01", batch_id=batch_id, body_hash=body, readings=readings))
+
+        tasks = [store("a", b"A" * 32, a), store("b", b"B" * 32, b),
+                 store("a", b"A" * 32, a), store("a", b"X" * 32, a)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        first, second, replay, conflict = await asyncio.gather(
+            *tasks, return_exceptions=True)  # type: ignore[call-overload]
+        assert storage._group.sizes[-1] == 4
+        assert (first.stored, first.duplicates, first.acked) == (
+            2, 0, (("env-0001", 1), ("env-0001", 2)))
+        assert (second.stored, second.duplicates) == (1, 1)
+        assert replay.replayed and replay.answer() == first.answer()
+        assert isinstance(conflict, BatchConflict)
+        rows = await storage.readings(ReadingQuery(device="env-0001", limit=10))
+        assert [(r.seq, r.value) for r in rows] == [(1, 20.0), (2, 21.0), (3, 22.0)]
