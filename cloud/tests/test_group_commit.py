@@ -83,9 +83,11 @@ async def queued_behind_a_busy_writer(
     writer: Writer, jobs: list[Callable[[sqlite3.Connection], Any]]
 ) -> list[Any]:
     gate = writer.hold()
-    tasks = [asyncio.ensure_future(writer.group.run(job)) for job in jobs]
-    await asyncio.sleep(0.05)  # every job is queued while the writer is held
-    gate.set()
+    try:
+        tasks = [asyncio.ensure_future(writer.group.run(job)) for job in jobs]
+        await asyncio.sleep(0)  # each task runs up to its await: every job is queued
+    finally:
+        gate.set()
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -108,7 +110,7 @@ async def test_a_lone_job_is_committed_at_once(writer: Writer) -> None:
 
 async def test_a_failing_job_is_undone_alone(writer: Writer) -> None:
     def half_then_fail(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO t (k) VALUES (100)")  # undone with its savepoint
+        conn.execute("INSERT INTO t (k) VALUES (100)")  # undone: the others run again
         raise ValueError("this job's own answer")
 
     def duplicate(conn: sqlite3.Connection) -> None:
@@ -143,6 +145,70 @@ async def test_groups_are_at_most_max_group(tmp_path: Path) -> None:
         assert w.keys() == list(range(10))
     finally:
         w.pool.shutdown(wait=True)
+        if w.conn is not None:
+            w.conn.close()
+
+
+async def test_a_job_failing_before_it_writes_costs_the_others_nothing(writer: Writer) -> None:
+    """A 409 is found before anything is written: the others are not run a second time."""
+    runs: list[int] = []
+
+    def counted(k: int) -> Callable[[sqlite3.Connection], int]:
+        def job(conn: sqlite3.Connection) -> int:
+            runs.append(k)
+            return insert(k)(conn)
+
+        return job
+
+    def refuse(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT count(*) FROM t").fetchone()
+        raise ValueError("conflict")
+
+    out = await queued_behind_a_busy_writer(writer, [counted(1), refuse, counted(2)])
+    assert out[0] == 1 and isinstance(out[1], ValueError) and out[2] == 2
+    assert runs == [1, 2]
+    assert writer.keys() == [1, 2]
+
+
+async def test_a_close_stores_every_queued_job_first(tmp_path: Path) -> None:
+    """More jobs than one group waiting when the executor shuts down: the running drain
+    takes group after group, so none is refused for want of a new drain."""
+    w = Writer(tmp_path / "c.sqlite", max_group=4)
+    gate = w.hold()
+    try:
+        tasks = [asyncio.ensure_future(w.group.run(insert(k))) for k in range(10)]
+        await asyncio.sleep(0)
+    finally:
+        gate.set()
+    await asyncio.to_thread(w.pool.shutdown, wait=True)
+    assert await asyncio.gather(*tasks) == list(range(10))
+    assert w.keys() == list(range(10))
+    if w.conn is not None:
+        w.conn.close()
+
+
+async def test_a_broken_writer_answers_every_job_and_recovers(writer: Writer) -> None:
+    """An error outside any job (here the connection getter) fails the group with 503s
+    instead of leaving its callers waiting; a transaction left open is rolled back."""
+    good = writer.connection
+
+    def broken() -> sqlite3.Connection:
+        raise RuntimeError("the writer's connection is gone")
+
+    writer.group._connection = broken
+    out = await queued_behind_a_busy_writer(writer, [insert(1), insert(2)])
+    assert all(isinstance(o, StorageUnavailable) and "gone" in str(o) for o in out)
+
+    def left_open() -> sqlite3.Connection:
+        conn = good()
+        if not conn.in_transaction:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO t (k) VALUES (99)")  # never committed
+        return conn
+
+    writer.group._connection = left_open
+    assert await writer.group.run(insert(3)) == 3
+    assert writer.keys() == [3]
 
 
 async def test_a_closed_writer_answers_unavailable(writer: Writer) -> None:
@@ -180,10 +246,12 @@ async def test_batches_in_one_group_answer_as_if_stored_one_after_another(
             return asyncio.ensure_future(storage.store_batch(
                 gateway="gw-01", batch_id=batch_id, body_hash=body, readings=readings))
 
-        tasks = [store("a", b"A" * 32, a), store("b", b"B" * 32, b),
-                 store("a", b"A" * 32, a), store("a", b"X" * 32, a)]
-        await asyncio.sleep(0.05)
-        gate.set()
+        try:
+            tasks = [store("a", b"A" * 32, a), store("b", b"B" * 32, b),
+                     store("a", b"A" * 32, a), store("a", b"X" * 32, a)]
+            await asyncio.sleep(0)  # each reaches the writer's queue
+        finally:
+            gate.set()
         first, second, replay, conflict = await asyncio.gather(
             *tasks, return_exceptions=True)  # type: ignore[call-overload]
         assert storage._group.sizes[-1] == 4

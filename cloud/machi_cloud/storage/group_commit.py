@@ -7,8 +7,9 @@ gateways at once: while the writer commits one batch, the event loop parses the 
 and those then share the next commit. A batch that finds the writer idle is committed at
 once, alone, as before: no batch waits for company.
 
-A job that fails (its exception is its own answer) is taken out and the others run
-again in a new transaction, so it is undone alone. Not savepoints: SQLite copies every
+A job that fails gives its exception as its answer. If it had changed rows it is taken
+out and the others run again in a new transaction, so it is undone alone (one that fails
+before writing, as a 409 does, costs the others nothing). Not savepoints: SQLite copies every
 page a savepoint's statements change into a statement journal, which made a lone batch
 16-19 % slower. No result leaves before the commit that holds it: a failed commit fails
 every job of the group, and nothing of it is stored (the gateways retry; nothing was
@@ -53,7 +54,7 @@ class GroupCommit(Generic[T]):
         self._max = max_group
         self._lock = threading.Lock()
         self._waiting: list[_Waiting] = []
-        self.sizes: list[int] = []  # each group's size, the most recent last (tests, stats)
+        self.sizes: list[int] = []  # the last 100 groups' sizes, the most recent last (tests)
 
     async def run(self, job: Job[T]) -> T:
         loop = asyncio.get_running_loop()
@@ -67,54 +68,61 @@ class GroupCommit(Generic[T]):
         return await future
 
     def _start(self) -> None:
+        """Queue a drain; if the executor is shut down, fail what waits (nothing ran)."""
         try:
             self._submit(self._drain)
-        except RuntimeError:  # the executor is shut down: fail what waits, nothing ran
+        except RuntimeError:
             with self._lock:
                 stranded, self._waiting = self._waiting, []
             for _, future, loop in stranded:
                 _settle(loop, future, None, StorageUnavailable("the storage is closed"))
 
     def _drain(self) -> None:
-        """On the writer thread: one group, committed once; the rest get a drain of their own."""
-        with self._lock:
-            group, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-            more = bool(self._waiting)
-        if more:
-            self._start()
-        if not group:
-            return
-        self.sizes = [*self.sizes[-99:], len(group)]
-        outcomes = self._commit(group)
-        for (_, future, loop), (result, exc) in zip(group, outcomes, strict=True):
-            _settle(loop, future, result, exc)
+        """On the writer thread: group after group, each committed once, until none waits
+        (a close shuts the executor only after this returns: nothing queued is stranded)."""
+        while True:
+            with self._lock:
+                group, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+            if not group:
+                return
+            self.sizes = [*self.sizes[-99:], len(group)]
+            try:
+                outcomes = self._commit(group)
+            except Exception as exc:  # a bug or a broken connection: never leave a caller waiting
+                failed: BaseException = self._unavailable(exc)
+                outcomes = [(None, failed)] * len(group)
+            for (_, future, loop), (result, error) in zip(group, outcomes, strict=True):
+                _settle(loop, future, result, error)
 
     def _commit(self, group: list[_Waiting]) -> list[tuple[Any, BaseException | None]]:
-        """Each job's (result, exception). A job that raises is taken out, the transaction
-        rolled back and the rest run again in a new one (a job must not depend on what it
-        wrote before, only on the database it finds); a failed commit fails them all."""
+        """Each job's (result, exception). A job that raises having changed no row (a 409
+        found before writing) just gives its answer; one that changed rows is taken out,
+        the transaction rolled back and the rest run again in a new one (a job depends
+        only on the database it finds, not on an earlier run of itself). A failed commit
+        fails them all."""
         outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(group)
         pending = list(range(len(group)))
         while pending:
             try:
                 conn = self._connection()
+                if conn.in_transaction:  # left open by a failure the last time round
+                    conn.rollback()
                 conn.execute("BEGIN IMMEDIATE")
             except (sqlite3.Error, StorageUnavailable) as exc:
                 return self._all_failed(outcomes, pending, exc)
-            results: list[Any] = []
             try:
-                for i in pending:
+                for i in list(pending):
+                    before = conn.total_changes
                     try:
-                        results.append(group[i][0](conn))
-                    except Exception as exc:  # this job's answer; the others run again
-                        conn.rollback()
+                        outcomes[i] = (group[i][0](conn), None)
+                    except Exception as exc:  # this job's answer
                         outcomes[i] = (None, self._as_error(exc))
                         pending.remove(i)
-                        break
+                        if conn.total_changes != before:  # undo it: the others run again
+                            conn.rollback()
+                            break
                 else:
                     conn.commit()
-                    for i, result in zip(pending, results, strict=True):
-                        outcomes[i] = (result, None)
                     return outcomes
             except BaseException as exc:  # the commit failed: nothing of the group is stored
                 if conn.in_transaction:
