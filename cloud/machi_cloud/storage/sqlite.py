@@ -82,17 +82,19 @@ CREATE TABLE IF NOT EXISTS samples (
     PRIMARY KEY (device, seq)
 ) WITHOUT ROWID;
 """
-# the rows of version 2's table, for ad-hoc SQL and reports; `->>` gives SQLite's value
-# (a JSON integer an INTEGER, a real a REAL); a text with a NUL character is cut there
+# the rows of version 2's table, for ad-hoc SQL and reports; `json_extract` gives SQLite's
+# value (a JSON integer an INTEGER, a real a REAL; not `->>`, which needs SQLite 3.38 and
+# Ubuntu 22.04's Python has 3.37); a text with a NUL character is cut there
 # (SQLite's JSON), so `readings()` decodes `m` with Python's `json` instead
 _SCHEMA = (
     _SAMPLES
     + """
 CREATE VIEW IF NOT EXISTS measurements
     (device, seq, metric, unit, value_num, value_text, value_bool) AS
-SELECT s.device, s.seq, j.value ->> 0, j.value ->> 1,
-    CASE WHEN json_type(j.value, '$[2]') IN ('integer', 'real') THEN j.value ->> 2 END,
-    CASE WHEN json_type(j.value, '$[2]') = 'text' THEN j.value ->> 2 END,
+SELECT s.device, s.seq, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),
+    CASE WHEN json_type(j.value, '$[2]') IN ('integer', 'real')
+        THEN json_extract(j.value, '$[2]') END,
+    CASE WHEN json_type(j.value, '$[2]') = 'text' THEN json_extract(j.value, '$[2]') END,
     CASE json_type(j.value, '$[2]') WHEN 'true' THEN 1 WHEN 'false' THEN 0 END
 FROM samples AS s, json_each(s.m) AS j;
 CREATE TABLE IF NOT EXISTS latest (

@@ -245,11 +245,11 @@ def aggregate_sql(q: AggregateQuery) -> tuple[str, list[Any]]:
     sql = (
         f"SELECT device, CAST(time / {p(q.bucket_s)} AS INTEGER) * {p(q.bucket_s)} AS start,"
         " count(*), avg(v), min(v), max(v)"
-        " FROM (SELECT s.device AS device, s.time AS time, j.value ->> 2 AS v"
+        " FROM (SELECT s.device AS device, s.time AS time, json_extract(j.value, '$[2]') AS v"
         " FROM samples AS s, json_each(s.m) AS j"
         + p.where(
             ("s.device =", q.device),
-            ("j.value ->> 0 =", q.metric),
+            ("json_extract(j.value, '$[0]') =", q.metric),
             "json_type(j.value, '$[2]') IN ('integer', 'real')",
             ("s.time >=", q.since),
             ("s.time <", q.until),
