@@ -59,6 +59,7 @@ from machi_cloud.app import create_app, freeze_startup_objects
 from machi_cloud.batch import Batch, parse_batch
 from machi_cloud.settings import GatewayTokens, Settings
 from machi_cloud.storage import Storage
+from machi_cloud.storage.group_commit import GroupCommit
 from machi_cloud.storage.pgserver import PostgresServer, PostgresUnavailable
 from machi_cloud.storage.postgres import PostgresStorage
 from machi_cloud.storage.rows import m_text
@@ -241,10 +242,10 @@ async def through_api(storage: Storage, raw: list[bytes], tmp: Path, *, at_once:
     """The batches posted one after another, or by `at_once` clients (gateways) at a time,
     each taking the next batch when its answer comes."""
     async with api_poster(storage, tmp) as post:
-        bodies = iter(raw)
+        unsent = iter(raw)
 
         async def client() -> None:
-            for body in bodies:
+            for body in unsent:
                 await post(body)
 
         start = time.perf_counter()
@@ -479,8 +480,8 @@ def profile(readings: int) -> None:
     async def go() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             async with SQLiteStorage(Path(tmp) / "p.sqlite") as st:
-                # run the writer's work on this thread so cProfile sees it
-                st._write = lambda fn: _inline(st, fn)  # type: ignore[method-assign]
+                # the writer's work on this thread, so that cProfile sees it
+                st._group = GroupCommit(lambda fn: fn(), st._writer_connection, name="profile")
                 await through_api(st, raw, Path(tmp))
 
     prof = cProfile.Profile()
@@ -492,16 +493,10 @@ def profile(readings: int) -> None:
     print(out.getvalue())
 
 
-async def _inline(st: SQLiteStorage, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-    if st._wconn is None:
-        st._wconn = st._connect()
-    return st._guard(fn, st._wconn)
-
-
 def run() -> dict[str, float]:
     readings = int(os.environ.get("MACHI_BENCH_READINGS", "20000"))
     repeat = int(os.environ.get("MACHI_BENCH_REPEAT", "3"))
-    return asyncio.run(amain(readings - readings % GATEWAY_BATCH, repeat=repeat))
+    return asyncio.run(amain(max(GATEWAY_BATCH, readings - readings % GATEWAY_BATCH), repeat))
 
 
 async def paired_only(readings: int, repeat: int) -> float:

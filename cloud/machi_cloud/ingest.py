@@ -16,10 +16,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from .batch import DEVICE_ID
 from .errors import Forbidden, ProblemError, TooLarge, Unauthorized, UnsupportedMediaType
 from .fastbatch import parse_batch
 from .problems import PROBLEM_JSON, PROBLEM_SCHEMA
-from .settings import Settings
+from .settings import GATEWAY_ID, Limits, Settings
 from .storage import Storage
 
 CBOR = "application/cbor"
@@ -38,7 +39,8 @@ _MEASUREMENT_SCHEMA: dict[str, Any] = {
         "vb": {"type": "boolean"},
     },
 }
-_DEVICE_PATTERN = "^[a-z0-9][a-z0-9-]{0,31}$"
+_DEVICE_PATTERN = DEVICE_ID.pattern
+_MAX_READINGS = Limits().max_batch_readings  # the default; a deployment may set another
 _SERIES_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["n"],
@@ -66,7 +68,7 @@ _COLUMNS_SCHEMA: dict[str, Any] = {
     "properties": {
         "device": {
             "type": "array",
-            "maxItems": 5000,
+            "maxItems": _MAX_READINGS,
             "items": {"type": "string", "pattern": _DEVICE_PATTERN},
         },
         "seq": {"type": "array", "items": {"type": "integer", "minimum": 0}},
@@ -82,11 +84,11 @@ BATCH_SCHEMA: dict[str, Any] = {
     "description": "exactly one of readings (reading maps) or columns (the same, smaller)",
     "oneOf": [{"required": ["readings"]}, {"required": ["columns"]}],
     "properties": {
-        "gateway": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
+        "gateway": {"type": "string", "pattern": GATEWAY_ID.pattern},
         "batch_id": {"type": "string", "minLength": 1, "maxLength": 64},
         "readings": {
             "type": "array",
-            "maxItems": 5000,
+            "maxItems": _MAX_READINGS,
             "items": {
                 "type": "object",
                 "required": ["device", "seq", "time", "m"],
