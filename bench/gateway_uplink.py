@@ -75,7 +75,8 @@ def _splice_body(batch_id: str, items: list[Queued]) -> bytes:
 
 
 def _columns_body(batch_id: str, items: list[Queued]) -> bytes:
-    fit, columns, _ = wire.to_columns(items)
+    fit, columns, unfit = wire.to_columns(items)
+    assert fit == items and not unfit and columns is not None  # else it measures fewer
     return wire.encode_batch(Batch(gateway="gw-01", batch_id=batch_id, readings=tuple(fit),
                                    columns=columns))
 

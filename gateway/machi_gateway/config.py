@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from . import tls
 from .errors import ConfigError
@@ -23,6 +23,8 @@ Validator = Callable[[Any], Any]
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+UplinkFormat = Literal["columns", "readings"]
+UPLINK_FORMATS: tuple[UplinkFormat, ...] = get_args(UplinkFormat)  # the first is the default
 
 
 def _int(lo: int, hi: int | None = None) -> Validator:
@@ -138,7 +140,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backoff_initial_s": Key(0.5, _float(0.0), "first retry delay after a failure"),
         "backoff_max_s": Key(60.0, _float(0.0), "retry delay cap"),
         "drain_timeout_s": Key(5.0, _float(0.0, strict=False), "last flush bound at shutdown"),
-        "format": Key("columns", _one_of("columns", "readings"),
+        "format": Key(UPLINK_FORMATS[0], _one_of(*UPLINK_FORMATS),
                       "batch body: columns (smaller, cheaper for the cloud) or readings "
                       "(an array of reading maps, for a cloud older than columnar batches)"),
     },
@@ -294,7 +296,7 @@ class UplinkConfig:
     backoff_initial_s: float
     backoff_max_s: float
     drain_timeout_s: float
-    format: str = "columns"  # "readings" for a cloud older than columnar batches
+    format: UplinkFormat
 
     def __post_init__(self) -> None:
         if self.backoff_max_s < self.backoff_initial_s:

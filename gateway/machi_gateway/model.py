@@ -2,7 +2,8 @@
 
 A reading is identified by ``(device, seq)`` (docs/protocol.md §1). The model is
 transport-neutral; ``to_wire``/``from_wire`` give the cloud batch item of §3, which is
-also how the store keeps a queued reading, so a batch is built without re-encoding.
+also how the store keeps a queued reading, so a batch of rows (``[uplink] format =
+"readings"``) is built without re-encoding; a columnar batch decodes the stored bodies.
 """
 
 from __future__ import annotations

@@ -85,7 +85,9 @@ class DeadLetter:
 
 class Queued(NamedTuple):
     """A queued reading as stored: its identity, when it arrived, and ``body``, its CBOR
-    batch item, which the uplink splices into a batch as is (no decoding, no re-encoding).
+    batch item, which the uplink decodes into a columnar batch or, as rows
+    (``[uplink] format = "readings"``), splices into a batch as is (no decoding, no
+    re-encoding).
 
     A NamedTuple rather than a frozen dataclass on purpose: as immutable, and made from a
     row three times cheaper (0.2 instead of 0.6 µs; up to 2000 of them per batch on the Pi).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,36 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     async with Store(tmp_path / "q.sqlite3", max_readings=1000, retry_after_s=30,
                      dedup_window_s=86400) as s:
         yield s
+
+
+@dataclass(frozen=True)
+class QueueFile:
+    """The store's SQLite file seen from outside, as disk damage and a person would."""
+
+    path: Path
+
+    def damage(self, seq: int, body: Any) -> None:
+        """Overwrite the queued body of ``seq`` behind the store's back."""
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute("UPDATE queue SET body = ? WHERE seq = ?", (body, seq))
+            conn.commit()
+        finally:
+            conn.close()
+
+    def dead(self) -> list[tuple[Any, ...]]:
+        """The dead letters' (device, seq, reason)."""
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute("SELECT device, seq, reason FROM dead_letters").fetchall()
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def queue_file(store: Store) -> QueueFile:
+    """The ``store`` fixture's file, to damage bodies and read dead letters."""
+    return QueueFile(store.path)
 
 
 @pytest.fixture
@@ -136,6 +167,12 @@ def batch_keys(body: dict[str, Any]) -> list[tuple[str, int]]:
     if "columns" in body:
         return list(zip(body["columns"]["device"], body["columns"]["seq"], strict=True))
     return [(r["device"], r["seq"]) for r in body["readings"]]
+
+
+@pytest.fixture(name="batch_keys")
+def _batch_keys() -> Callable[[dict[str, Any]], list[tuple[str, int]]]:
+    """:func:`batch_keys` for the test modules (they cannot import conftest)."""
+    return batch_keys
 
 
 @dataclass

@@ -24,15 +24,11 @@ from machi_gateway.uplink.wire import decode_answer, encode_batch
 FAST = BatchPolicy(batch_max=10, batch_age_s=0.05, backoff_initial_s=0.02, backoff_max_s=0.1)
 
 
-def _keys(body: dict[str, Any]) -> list[tuple[str, int]]:
-    """The (device, seq) of a batch body's readings, columns (the default) or rows."""
-    if "columns" in body:
-        return list(zip(body["columns"]["device"], body["columns"]["seq"], strict=True))
-    return [(r["device"], r["seq"]) for r in body["readings"]]
+Keys = Callable[[dict[str, Any]], list[tuple[str, int]]]  # the batch_keys fixture
 
 
-def _seqs(body: dict[str, Any]) -> list[int]:
-    return [seq for _, seq in _keys(body)]
+def _seqs(body: dict[str, Any], keys: Keys) -> list[int]:
+    return [seq for _, seq in keys(body)]
 
 
 def test_encoding_matches_the_cloud_vector(vectors: Callable[[str], Any]) -> None:
@@ -115,11 +111,11 @@ async def test_http_status_mapping(
             await up.send(Batch(gateway="gw-01", batch_id="b", readings=(make_reading(),)))
 
 
-def _ack_all(req: httpx.Request) -> httpx.Response:
+def _ack_all(req: httpx.Request, keys: Keys) -> httpx.Response:
     """The cloud's answer acknowledging every reading of the batch in ``req``."""
     body = cbor2.loads(req.content)
     return httpx.Response(200, content=cbor2.dumps(
-        {"acked": _keys(body), "rejected": []}))
+        {"acked": keys(body), "rejected": []}))
 
 
 def _quick(batch_max: int, batch_age_s: float = 0, **kw: Any) -> BatchPolicy:
@@ -129,13 +125,13 @@ def _quick(batch_max: int, batch_age_s: float = 0, **kw: Any) -> BatchPolicy:
 
 
 async def test_batches_by_size_oldest_first(
-    until: Any, store: Store, make_reading: Callable[..., Reading]
+    until: Any, store: Store, make_reading: Callable[..., Reading], batch_keys: Keys,
 ) -> None:
     sizes: list[list[int]] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
-        sizes.append(_seqs(cbor2.loads(req.content)))
-        return _ack_all(req)
+        sizes.append(_seqs(cbor2.loads(req.content), batch_keys))
+        return _ack_all(req, batch_keys)
 
     await _fill(store, make_reading, 25)
     policy = _quick(10, batch_age_s=3600)
@@ -154,7 +150,7 @@ async def test_batches_by_size_oldest_first(
 
 
 async def test_batches_stay_under_the_byte_budget(
-    upload_all: Any, store: Store, make_reading: Callable[..., Reading]
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading], batch_keys: Keys,
 ) -> None:
     """Large readings go out fewer per batch: ``batch_max`` of them would pass the cloud's
     body limit (413 for the same batch for ever); one larger than the budget still leaves."""
@@ -162,7 +158,7 @@ async def test_batches_stay_under_the_byte_budget(
 
     def handler(req: httpx.Request) -> httpx.Response:
         bodies.append(len(req.content))
-        return _ack_all(req)
+        return _ack_all(req, batch_keys)
 
     big = tuple(Measurement(f"m{i}", "u" * 32, 1.5) for i in range(100))  # ~5 KB a body
     for seq in range(10):
@@ -180,52 +176,53 @@ async def test_batches_stay_under_the_byte_budget(
     assert store.depth == 0
 
 
-def _limited_cloud(most: int, too_big: set[int], sizes: list[list[int]]) -> httpx.MockTransport:
+def _limited_cloud(most: int, too_big: set[int], sizes: list[list[int]],
+                   keys: Keys) -> httpx.MockTransport:
     """A cloud whose `[limits]` take at most `most` readings a batch and refuse the
     readings with a seq in `too_big` (413, as machi-cloud answers both)."""
     def handler(req: httpx.Request) -> httpx.Response:
         body = cbor2.loads(req.content)
-        seqs = _seqs(body)
+        seqs = _seqs(body, keys)
         sizes.append(seqs)
         if len(seqs) > most or too_big & set(seqs):
             return httpx.Response(413, json={"title": "Payload Too Large"})
-        return _ack_all(req)
+        return _ack_all(req, keys)
     return httpx.MockTransport(handler)
 
 
 async def test_413_halves_the_batches_and_loses_nothing(
-    upload_all: Any, store: Store, make_reading: Callable[..., Reading]
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading], batch_keys: Keys,
 ) -> None:
     """A cloud taking fewer readings per batch than `batch_max` (413 for each batch as it
     was): the same readings go out in batches half as long, and stay that short."""
     await _fill(store, make_reading, 20)
     sizes: list[list[int]] = []
-    batcher = await upload_all(store, _limited_cloud(5, set(), sizes), _quick(16))
+    batcher = await upload_all(store, _limited_cloud(5, set(), sizes, batch_keys), _quick(16))
     assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
     assert sorted(q for s in sizes[2:] for q in s) == list(range(20))
     assert store.dead_letters == 0 and batcher.sent == 20
 
 
 async def test_after_a_413_a_batch_as_long_as_the_cloud_takes_leaves_at_once(
-    upload_all: Any, store: Store, make_reading: Callable[..., Reading]
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading], batch_keys: Keys,
 ) -> None:
     """Once halved, a batch is full at the new length: the readings left behind (fewer than
     `batch_max`, all fresh) do not wait `batch_age_s` for an age trigger."""
     await _fill(store, make_reading, 20)
     sizes: list[list[int]] = []
-    await upload_all(store, _limited_cloud(5, set(), sizes),
+    await upload_all(store, _limited_cloud(5, set(), sizes, batch_keys),
                       _quick(16, batch_age_s=3600), within=5)
     assert [len(s) for s in sizes] == [16, 8, 4, 4, 4, 4, 4]
 
 
 async def test_after_a_413_full_batches_are_tried_again_later(
-    until: Any, store: Store, make_reading: Callable[..., Reading]
+    until: Any, store: Store, make_reading: Callable[..., Reading], batch_keys: Keys,
 ) -> None:
     """The shorter batches last CAP_HOLD_S: then the cloud's limits may have been raised."""
     ahead = [0.0]  # the batcher's clock runs this far ahead of the real one
     sizes: list[list[int]] = []
     async with HttpUplink("http://c", token="t", timeout_s=1,
-                          transport=_limited_cloud(5, set(), sizes)) as up:
+                          transport=_limited_cloud(5, set(), sizes, batch_keys)) as up:
         batcher = Batcher(store, up, gateway="gw-01", policy=_quick(8),
                           clock=lambda: time.time() + ahead[0])
         task = asyncio.create_task(batcher.run())
@@ -247,7 +244,7 @@ async def test_after_a_413_full_batches_are_tried_again_later(
 
 
 async def test_413_for_a_reading_smaller_than_batches_taken_keeps_it(
-    until: Any, store: Store, make_reading: Callable[..., Reading]
+    until: Any, store: Store, make_reading: Callable[..., Reading], batch_keys: Keys,
 ) -> None:
     """A lone reading refused as too large, though the cloud took more bytes in one batch
     before, means a limit lowered since (a configuration problem): it stays queued and is
@@ -255,10 +252,10 @@ async def test_413_for_a_reading_smaller_than_batches_taken_keeps_it(
     await _fill(store, make_reading, 4)
     sizes: list[list[int]] = []
     limit = [100]
-    inner = _limited_cloud(100, set(), sizes)
+    inner = _limited_cloud(100, set(), sizes, batch_keys)
 
     async def handler(req: httpx.Request) -> httpx.Response:
-        if len(_keys(cbor2.loads(req.content))) > limit[0]:
+        if len(batch_keys(cbor2.loads(req.content))) > limit[0]:
             sizes.append([])
             return httpx.Response(413, json={"title": "Payload Too Large"})
         return await inner.handle_async_request(req)
@@ -280,26 +277,26 @@ async def test_413_for_a_reading_smaller_than_batches_taken_keeps_it(
 
 
 async def test_413_for_one_reading_alone_dead_letters_it(
-    upload_all: Any, store: Store, make_reading: Callable[..., Reading]
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading], batch_keys: Keys,
 ) -> None:
     """A reading the cloud refuses as too large even alone cannot hold back the queue: it
     moves to dead letters, the others are delivered, in full batches again."""
     await _fill(store, make_reading, 4)
     sizes: list[list[int]] = []
-    batcher = await upload_all(store, _limited_cloud(100, {0}, sizes), _quick(4))
+    batcher = await upload_all(store, _limited_cloud(100, {0}, sizes, batch_keys), _quick(4))
     assert sizes[:3] == [[0, 1, 2, 3], [0, 1], [0]]
     assert store.dead_letters == 1 and batcher.sent == 3
     assert sizes[3:] == [[1, 2, 3]]
 
 
 async def test_batches_by_age(
-    until: Any, store: Store, make_reading: Callable[..., Reading]
+    until: Any, store: Store, make_reading: Callable[..., Reading], batch_keys: Keys,
 ) -> None:
     sent_at: list[float] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
         sent_at.append(time.monotonic())
-        return _ack_all(req)
+        return _ack_all(req, batch_keys)
 
     policy = _quick(100, batch_age_s=0.3)
     async with HttpUplink("http://c", token="t", timeout_s=1,
@@ -406,7 +403,8 @@ async def test_409_resends_under_a_new_batch_id(
 
 
 async def test_outage_then_resume_loses_nothing(
-    until: Any, tmp_path: Path, make_reading: Callable[..., Reading], fake_cloud: Any
+    until: Any, tmp_path: Path, make_reading: Callable[..., Reading], fake_cloud: Any,
+    batch_keys: Keys,
 ) -> None:
     """The cloud is down (connection refused) while readings pile up, then comes back."""
     with_port = fake_cloud.url
@@ -429,7 +427,7 @@ async def test_outage_then_resume_loses_nothing(
             await until(lambda: store.depth == 0)
             task.cancel()
     assert fake_cloud.stored == {("env-0001", i) for i in range(25)}
-    assert [len(_keys(p.body)) for p in fake_cloud.posts] == [10, 10, 5]
+    assert [len(batch_keys(p.body)) for p in fake_cloud.posts] == [10, 10, 5]
 
 
 async def test_drain_is_bounded(

@@ -5,10 +5,11 @@ body the columns cannot carry goes to dead letters when the batch is built."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import io
 import logging
-import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,13 +20,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from machi_cloud import batch as cloud_batch
+from machi_cloud import fastbatch
 from machi_gateway.config import from_mapping
 from machi_gateway.errors import ConfigError
 from machi_gateway.model import Measurement, Reading, encode_wire
 from machi_gateway.store import Queued, Store
 from machi_gateway.uplink import wire
 from machi_gateway.uplink.base import Batch
-from machi_gateway.uplink.batcher import Batcher, BatchPolicy
+from machi_gateway.uplink.batcher import CAP_HOLD_S, Batcher, BatchPolicy
 from machi_gateway.uplink.http import HttpUplink
 
 POLICY = BatchPolicy(batch_max=50, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.02)
@@ -196,7 +199,7 @@ def test_damage_anywhere_never_stops_the_batch_nor_gets_it_refused(
 ) -> None:
     """Bytes of one stored body changed (or the body cut short): building the columns
     never raises, keeps every other reading, and what it sends the cloud's reference
-    parser takes (a 400 would hold back the queue)."""
+    parser takes (a 400 would hold back the queue), every undamaged reading included."""
     items = _queued(_fleet(6))
     body = bytearray(items[which].body)
     for at, byte in flips:
@@ -209,13 +212,14 @@ def test_damage_anywhere_never_stops_the_batch_nor_gets_it_refused(
     if columns is None:
         return
     assert list(map(_as_set, expand(cbor2.loads(columns)))) == list(map(_as_set, _rows_of(fit)))
-    batch = pytest.importorskip("machi_cloud.batch")
     body_sent = wire.encode_batch(Batch(gateway="gw-01", batch_id="b", readings=tuple(fit),
                                         columns=columns))
-    assert len(batch.parse_batch(body_sent, max_readings=100).readings) <= len(fit)
+    parsed = cloud_batch.parse_batch(body_sent, max_readings=100)
+    taken = {(r.device, r.seq) for r in parsed.readings}
+    assert taken >= {q.key for k, q in enumerate(items) if k != which}
 
 
-# ---- the cloud's parsers (machi_cloud), when installed ----------------------------------
+# ---- the cloud's parsers (machi_cloud) -------------------------------------------------
 
 
 def _parsed(parse: Callable[..., Any], body: bytes) -> tuple[list[Any], list[Any]]:
@@ -226,9 +230,9 @@ def _parsed(parse: Callable[..., Any], body: bytes) -> tuple[list[Any], list[Any
     return readings, sorted(batch.rejected)
 
 
-@pytest.mark.parametrize("parser", ["batch", "fastbatch"])
-def test_the_cloud_parses_the_columns_as_the_rows(parser: str) -> None:
-    module = pytest.importorskip(f"machi_cloud.{parser}")
+@pytest.mark.parametrize("parse", [cloud_batch.parse_batch, fastbatch.parse_batch],
+                         ids=["batch", "fastbatch"])
+def test_the_cloud_parses_the_columns_as_the_rows(parse: Callable[..., Any]) -> None:
     rs = _fleet(30)
     rs[4] = Reading(device="env-0004", seq=4, time=T0, received=T0, transport="coap",
                     measurements=(Measurement("temp", "u" * 40, 1.5),))  # a bad unit
@@ -240,7 +244,7 @@ def test_the_cloud_parses_the_columns_as_the_rows(parser: str) -> None:
     as_columns = wire.encode_batch(Batch(gateway="gw-01", batch_id="b", readings=tuple(items),
                                          columns=columns))
     as_rows = wire.encode_batch(Batch(gateway="gw-01", batch_id="b", readings=tuple(items)))
-    got, want = _parsed(module.parse_batch, as_columns), _parsed(module.parse_batch, as_rows)
+    got, want = _parsed(parse, as_columns), _parsed(parse, as_rows)
     assert got == want
     assert [r[:2] for r in want[1]] == [("env-0004", 4), ("env-0009", 10)]
     assert len(want[0]) == len(items) - 2
@@ -261,23 +265,6 @@ def _columns_cloud(posts: list[dict[str, Any]]) -> httpx.MockTransport:
         return httpx.Response(200, content=cbor2.dumps(
             {"acked": [[r["device"], r["seq"]] for r in rows], "rejected": []}))
     return httpx.MockTransport(handler)
-
-
-def _damage(store: Store, seq: int, body: Any) -> None:
-    conn = sqlite3.connect(store.path)
-    try:
-        conn.execute("UPDATE queue SET body = ? WHERE seq = ?", (body, seq))
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def _dead(store: Store) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(store.path)
-    try:
-        return conn.execute("SELECT device, seq, reason FROM dead_letters").fetchall()
-    finally:
-        conn.close()
 
 
 def _body(**changes: Any) -> bytes:
@@ -304,34 +291,93 @@ DAMAGED: dict[str, tuple[Any, str]] = {
                                "a time is a datetime"),
     "a value of another type": (_body(m=[{"n": "t", "v": cbor2.CBORTag(4000, 1)}]),
                                 "a measurement value is a CBORTag"),
+    "a bignum the cloud refuses": (_body(m=[{"n": "t", "v": 1 << 8300}]),
+                                   "CBOR tag 2, which the store never writes"),
+    "a bignum the cloud takes": (_body(m=[{"n": "t", "v": 1 << 64}]),
+                                 "CBOR tag 2, which the store never writes"),
 }
 
 
 @pytest.mark.parametrize(("body", "reason"), DAMAGED.values(), ids=DAMAGED)
 async def test_a_body_the_columns_cannot_carry_is_dead_lettered_and_the_rest_goes_out(
     upload_all: Any, store: Store, make_reading: Callable[..., Reading],
-    caplog: pytest.LogCaptureFixture, body: Any, reason: str,
+    caplog: pytest.LogCaptureFixture, queue_file: Any, body: Any, reason: str,
 ) -> None:
     await store.add_many([make_reading(seq=i) for i in range(5)])
-    _damage(store, 2, body)
+    queue_file.damage(2, body)
     posts: list[dict[str, Any]] = []
     with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
         batcher = await upload_all(store, _columns_cloud(posts), POLICY)
     [post] = posts  # found when the batch was built: one batch, taken at once
     assert post["columns"]["seq"] == [0, 1, 3, 4] and batcher.sent == 4
-    [(device, seq, why)] = _dead(store)
+    [(device, seq, why)] = queue_file.dead()
     assert (device, seq) == ("env-0001", 2) and why.startswith("corrupt queue body")
     assert reason in why
     assert "queued body of env-0001 seq 2 is corrupt" in caplog.text
 
 
+def _sharing(seq: int, marked: Any) -> bytes:
+    """A body with a shared value (CBOR tag 28) ``marked`` under an extra key, and whose
+    "m" is a reference (tag 29) to the first value marked: alone, its own measurements."""
+    d = cbor2.dumps
+    return b"".join((b"\xa7", d("device"), d("env-0001"), d("seq"), d(seq), d("time"), d(T0),
+                     d("received"), d(T0 + 0.5), d("transport"), d("coap"), d("x"),
+                     b"\xd8\x1c", d(marked), d("m"), b"\xd8\x1d\x00"))
+
+
+async def test_bodies_referring_to_each_other_are_dead_lettered(
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading], queue_file: Any,
+) -> None:
+    """Damage forming shared values and references (CBOR tags 28, 29) in two bodies, each
+    of which decodes alone: decoded in one array, the second's reference reached into the
+    first, which stopped the upload loop (a crash loop of the daemon) or sent one
+    reading with another's values. The decoder refuses them, as the cloud's does."""
+    await store.add_many([make_reading(seq=i) for i in range(4)])
+    m = [{"n": "temp", "u": "Cel", "v": 20.0}]
+    queue_file.damage(0, cbor2.dumps({**make_reading(seq=0).to_wire(),
+                                      "transport": cbor2.CBORTag(28, "coap")}))
+    queue_file.damage(1, _sharing(1, m))
+    posts: list[dict[str, Any]] = []
+    await upload_all(store, _columns_cloud(posts), POLICY)
+    assert [p["columns"]["seq"] for p in posts] == [[2, 3]]
+    dead = queue_file.dead()
+    assert [k[:2] for k in dead] == [("env-0001", 0), ("env-0001", 1)]
+    assert all("tag 28" in why for *_, why in dead)
+
+
+def test_no_reading_is_sent_with_another_readings_values() -> None:
+    a = _odd("env-0001", 1, cbor2.CBORTag(28, [{"n": "temp", "u": "Cel", "v": 99.0}]))
+    b = Queued("env-0001", 2, T0 + 0.5, _sharing(2, [{"n": "temp", "u": "Cel", "v": 20.0}]))
+    fit, columns, unfit = wire.to_columns([a, b, *_queued(_fleet(1))])
+    assert [q.seq for q in fit] == [100] and [q for q, _ in unfit] == [a, b]
+    assert columns is not None and 99.0 not in cbor2.loads(columns)["m"][0]["v"]
+
+
+def test_bodies_that_fit_alone_but_not_together_go_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A guard, for the unforeseen: building the columns never raises (Batcher.run would
+    die); the first body goes alone, the others stay queued for the next batch."""
+    items = _queued(_fleet(3))
+    decode = wire._decode
+
+    def alone_only(batch: Sequence[Queued]) -> list[Any]:
+        if len(batch) > 1:
+            raise wire._Unfit("fits alone only")
+        return decode(batch)
+    monkeypatch.setattr(wire, "_decode", alone_only)
+    fit, columns, unfit = wire.to_columns(items)
+    assert fit == items[:1] and not unfit
+    assert columns is not None and cbor2.loads(columns)["seq"] == [items[0].seq]
+
+
 async def test_only_unfit_bodies_go_a_batch_of_them_only_too(
-    upload_all: Any, store: Store, make_reading: Callable[..., Reading],
+    upload_all: Any, store: Store, make_reading: Callable[..., Reading], queue_file: Any,
 ) -> None:
     """Every body of the oldest batch unfit: all are dead-lettered, the next batch goes."""
     await store.add_many([make_reading(seq=i) for i in range(4)])
     for seq in range(2):
-        _damage(store, seq, b"\xff")
+        queue_file.damage(seq, b"\xff")
     posts: list[dict[str, Any]] = []
     await upload_all(store, _columns_cloud(posts), BatchPolicy(
         batch_max=2, batch_age_s=0, backoff_initial_s=0.01, backoff_max_s=0.02))
@@ -339,28 +385,73 @@ async def test_only_unfit_bodies_go_a_batch_of_them_only_too(
     assert store.dead_letters == 2
 
 
-async def test_a_400_keeps_a_columnar_batch_and_names_the_remedy(
-    upload_all: Any, store: Store, make_reading: Callable[..., Reading],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A cloud older than columns answers 400: nothing is deleted or dead-lettered, the
-    same batch goes again (the log says to set format = "readings"), and is taken once
-    the cloud takes it."""
-    await store.add_many([make_reading(seq=i) for i in range(3)])
-    posts: list[dict[str, Any]] = []
-    inner = _columns_cloud(posts)
-    refused: list[bytes] = []
+def _refuse_columns(post: Any) -> tuple[int, Any] | None:
+    """A cloud older than columnar batches: 400 for one, the default answer for rows."""
+    if "columns" in post.body:
+        return 400, {"title": '"readings" must be an array'}
+    return None
 
-    async def handler(req: httpx.Request) -> httpx.Response:
-        if len(refused) < 2:
-            refused.append(req.content)
-            return httpx.Response(400, json={"title": '"readings" must be an array'})
-        return await inner.handle_async_request(req)
-    with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
-        batcher = await upload_all(store, httpx.MockTransport(handler), POLICY)
-    assert refused[0] == refused[1] and cbor2.loads(refused[0]) == posts[0]
-    assert store.dead_letters == 0 and batcher.sent == 3
-    assert 'set [uplink] format = "readings"' in caplog.text
+
+def _forms(fake_cloud: Any, batch_keys: Callable[..., Any]) -> list[tuple[str, list[int]]]:
+    """Each post's form and seqs."""
+    return [("columns" if "columns" in p.body else "rows", [k[1] for k in batch_keys(p.body)])
+            for p in fake_cloud.posts]
+
+
+async def test_a_cloud_older_than_columns_gets_rows_for_a_while(
+    until: Any, store: Store, make_reading: Callable[..., Reading], fake_cloud: Any,
+    batch_keys: Callable[..., Any], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Gateways upgraded before the cloud: its 400 for a columnar batch sends the same
+    readings as rows under a new id; once it takes them, one error says to upgrade it and
+    batches stay rows for CAP_HOLD_S, then columns are tried again. Nothing is lost or
+    dead-lettered, and the queue does not stall."""
+    fake_cloud.script = [_refuse_columns] * 20
+    ahead = [0.0]  # the batcher's clock runs this far ahead of the real one
+    async with HttpUplink(fake_cloud.url, token="t", timeout_s=1) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=POLICY,
+                          clock=lambda: time.time() + ahead[0])
+        task = asyncio.create_task(batcher.run())
+        try:
+            with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
+                for first, skip in ((0, 0), (3, CAP_HOLD_S / 2), (6, CAP_HOLD_S)):
+                    ahead[0] = skip
+                    await store.add_many([make_reading(seq=i) for i in range(first, first + 3)])
+                    await until(lambda: store.depth == 0)
+        finally:
+            task.cancel()
+    assert _forms(fake_cloud, batch_keys) == [
+        ("columns", [0, 1, 2]), ("rows", [0, 1, 2]), ("rows", [3, 4, 5]),
+        ("columns", [6, 7, 8]), ("rows", [6, 7, 8])]
+    ids = [p.body["batch_id"] for p in fake_cloud.posts]
+    assert len(set(ids)) == len(ids)
+    assert caplog.text.count("the cloud does not take columnar batches: upgrade it") == 2
+    assert store.dead_letters == 0 and batcher.sent == 9
+
+
+async def test_rows_refused_too_are_checked_as_rows_are(
+    until: Any, store: Store, make_reading: Callable[..., Reading], fake_cloud: Any,
+    batch_keys: Callable[..., Any], queue_file: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 400 for the rows sent after a 400 for columns is not the cloud's age: the bodies
+    get the full check of the row form, a bad one goes to dead letters, and the others
+    go out under a new id, as columns again."""
+    await store.add_many([make_reading(seq=i) for i in range(4)])
+    odd = {**make_reading(seq=1).to_wire(), "x": 1}  # fits the columns, not the store's form
+    queue_file.damage(1, cbor2.dumps(odd))
+    fake_cloud.script = [lambda p: (400, {"title": "bad batch"})] * 2
+    async with HttpUplink(fake_cloud.url, token="t", timeout_s=1) as up:
+        batcher = Batcher(store, up, gateway="gw-01", policy=POLICY)
+        task = asyncio.create_task(batcher.run())
+        try:
+            with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
+                await until(lambda: store.depth == 0)
+        finally:
+            task.cancel()
+    assert _forms(fake_cloud, batch_keys) == [
+        ("columns", [0, 1, 2, 3]), ("rows", [0, 1, 2, 3]), ("columns", [0, 2, 3])]
+    assert queue_file.dead() == [("env-0001", 1, "corrupt queue body")]
+    assert "does not take columnar batches" not in caplog.text and batcher.sent == 3
 
 
 async def test_a_reading_the_cloud_rejects_is_sent_and_dead_lettered(

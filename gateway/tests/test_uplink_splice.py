@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -100,24 +99,6 @@ def _strict_cloud(posts: list[bytes]) -> httpx.MockTransport:
     return httpx.MockTransport(handler)
 
 
-def _damage(store: Store, seq: int, body: Any) -> None:
-    """Overwrite a queued body behind the store's back, as disk damage would."""
-    conn = sqlite3.connect(store.path)
-    try:
-        conn.execute("UPDATE queue SET body = ? WHERE seq = ?", (body, seq))
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def _dead(store: Store) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(store.path)
-    try:
-        return conn.execute("SELECT device, seq, reason FROM dead_letters").fetchall()
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("body", [
     b"\xff\x00",                                   # not CBOR
     b"\xa6\x66devi",                               # cut inside the head
@@ -127,39 +108,39 @@ def _dead(store: Store) -> list[tuple[Any, ...]]:
 ])
 async def test_a_corrupt_head_is_dead_lettered_and_the_rest_goes_out(
     upload_all: Any, store: Store, make_reading: Callable[..., Reading],
-    caplog: pytest.LogCaptureFixture, body: Any,
+    caplog: pytest.LogCaptureFixture, queue_file: Any, body: Any,
 ) -> None:
     """Before the splice, such a body made oldest() raise in the upload loop: the uplink
     task died (the daemon with it) and nothing more was sent, after every restart."""
     await store.add_many([make_reading(seq=i) for i in range(5)])
-    _damage(store, 2, body)
+    queue_file.damage(2, body)
     posts: list[bytes] = []
     with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
         batcher = await upload_all(store, _strict_cloud(posts), POLICY)
     [post] = posts  # checked before sending: one batch, accepted at once
     assert [r["seq"] for r in cbor2.loads(post)["readings"]] == [0, 1, 3, 4]
     assert batcher.sent == 4
-    assert _dead(store) == [("env-0001", 2, "corrupt queue body")]
+    assert queue_file.dead() == [("env-0001", 2, "corrupt queue body")]
     assert store.dead_letters == 1
     assert "queued body of env-0001 seq 2 is corrupt" in caplog.text
 
 
 async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
     upload_all: Any, store: Store, make_reading: Callable[..., Reading],
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, queue_file: Any,
 ) -> None:
     """A body cut short after its identity passes the cheap check; the cloud refuses the
     batch (400), the full check finds the body, and the rest goes out under a new id."""
     readings = [make_reading(seq=i) for i in range(4)]
     await store.add_many(readings)
-    _damage(store, 1, _queued(readings[1]).body[:-5])
+    queue_file.damage(1, _queued(readings[1]).body[:-5])
     posts: list[bytes] = []
     with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
         batcher = await upload_all(store, _strict_cloud(posts), POLICY)
     refused, accepted = posts
     assert cbor2.loads(accepted)["batch_id"].encode() not in refused
     assert [r["seq"] for r in cbor2.loads(accepted)["readings"]] == [0, 2, 3]
-    assert _dead(store) == [("env-0001", 1, "corrupt queue body")]
+    assert queue_file.dead() == [("env-0001", 1, "corrupt queue body")]
     assert batcher.sent == 3 and "seq 1 is corrupt" in caplog.text
 
 
@@ -214,6 +195,7 @@ DECODES_BUT_REFUSED: dict[str, Callable[[bytes], bytes]] = {
     "shared value and reference (tags 28, 29)": lambda b: b[:-9] + b"\xd8\x1c\x81\xd8\x1d\x00",
     "string reference namespace (tag 256)": lambda b: b[:-9] + b"\xd9\x01\x00" + b[-9:],
     "an array as a map key": _array_key,
+    "a bignum over 1024 bytes (tag 2)": lambda b: b[:-9] + cbor2.dumps(1 << 8300),
 }
 
 
@@ -231,8 +213,7 @@ def test_the_full_check_refuses_cbor_the_cloud_refuses(damage: Callable[[bytes],
 @pytest.mark.parametrize("damage", DECODES_BUT_REFUSED.values(), ids=DECODES_BUT_REFUSED)
 def test_the_cloud_refuses_those_batches(damage: Callable[[bytes], bytes]) -> None:
     """The premise of the test above, checked against the cloud's own parser."""
-    fastbatch = pytest.importorskip("machi_cloud.fastbatch")
-    errors = pytest.importorskip("machi_cloud.errors")
+    from machi_cloud import errors, fastbatch
     good = _float_last()
     bad = good._replace(body=damage(good.body))
     batch = Batch(gateway="gw-01", batch_id="gw-01-1", readings=(bad,))

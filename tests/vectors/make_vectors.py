@@ -4,7 +4,9 @@ The vectors are the contract between firmware (MicroPython) and gateway/cloud (C
 the firmware's encoder must produce these exact bytes, the gateway's decoder must turn them
 into exactly the `reading` given. They are written with cbor2 (an independent encoder), in
 RFC 8949 deterministic order (map keys sorted bytewise, so 0..6 before -1, -2, -3) and
-preferred float serialization (the shortest of f16/f32/f64 that is exact).
+preferred float serialization (the shortest of f16/f32/f64 that is exact). Except the
+`cloud-batches*.json` batches: plain `cbor2.dumps` (keys in insertion order, floats in 8
+bytes), as the gateway writes them, whose encoder the tests compare byte for byte.
 
     python tests/vectors/make_vectors.py                   # every file
     python tests/vectors/make_vectors.py cloud-batches-columns.json   # only the files named

@@ -10,13 +10,15 @@ deleting anything; a 409 means the id is burnt, so the readings go out under a n
 
 A batch carries the queued readings as columns (``format = "columns"``, the default) or
 splices their stored bodies into an array of reading maps (``"readings"``, for a cloud
-older than columns); see :mod:`.wire`. A body damaged on disk is moved to dead letters,
-with an error in the log, rather than sent. As columns, every body is decoded when the
-batch is built, so one that does not decode or has a shape columns cannot carry is found
-then, and a 400 cannot come from a stored body (see :meth:`Batcher._refused`). Spliced,
-a body is found when the batch is built if its head is wrong (cheap check), or when the
-cloud refuses the batch as malformed (400) if it is not what the store writes (full
-check); the rest then goes out under a new id.
+older than columns); see :mod:`.wire`. A columnar batch the cloud refuses as malformed
+(400) goes once more as rows, and if the cloud takes those, batches stay rows for
+``CAP_HOLD_S`` (see :meth:`Batcher._refused`). A body damaged on disk is moved to dead
+letters, with an error in the log, rather than sent. As columns, every body is decoded
+(refusing what the cloud's decoder refuses) when the batch is built, so one that does not
+decode or has a shape columns cannot carry is found then. Spliced, a body is found when
+the batch is built if its head is wrong (cheap check), or when the cloud refuses the
+batch as malformed (400) if it is not what the store writes (full check); the rest then
+goes out under a new id.
 Either way it can neither stop the upload loop nor get every later batch refused.
 """
 
@@ -27,9 +29,10 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
-from ..config import UplinkConfig
+from ..config import UPLINK_FORMATS, UplinkConfig, UplinkFormat
 from ..errors import BatchConflict, StoreError, UplinkError, UplinkRefused
 from ..store import DeadLetter, Queued, Store
 from .base import Batch, Uplink
@@ -37,11 +40,12 @@ from .wire import looks_intact, to_columns, well_formed
 
 log = logging.getLogger(__name__)
 
-# How long the shorter batches a 413 led to are kept before full ones are tried again: the
-# cloud's limits may have been raised since, or the 413 came from the bytes of a few
-# large readings, not from the count.
+# How long the shorter batches a 413 led to (or the rows a 400 for columns led to) are
+# kept before full batches (columns) are tried again: the cloud's limits may have been
+# raised since (or the cloud upgraded), or the 413 came from the bytes of a few large
+# readings, not from the count.
 CAP_HOLD_S = 600.0
-FORMATS = ("columns", "readings")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,11 +60,12 @@ class BatchPolicy:
     batch_age_s: float = 2.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
-    format: str = "columns"  # or "readings": the row form, for a cloud older than columns
+    format: UplinkFormat = UPLINK_FORMATS[0]  # the config's default, columns
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.format not in UPLINK_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(UPLINK_FORMATS)}, "
+                             f"got {self.format!r}")
         if self.batch_max < 1 or self.batch_max_bytes < 1:
             raise ValueError("batch_max and batch_max_bytes must be >= 1")
         if self.batch_age_s < 0 or self.backoff_initial_s <= 0:
@@ -79,6 +84,24 @@ class BatchPolicy:
         """Full jitter: uniform in [0, min(max, initial * 2^(failures-1)))."""
         cap = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** min(failures - 1, 60))
         return rng() * cap
+
+
+@dataclass(slots=True)
+class _Held(Generic[_T]):
+    """A setting the cloud's answers forced on the batches (fewer readings after a 413,
+    rows after a 400 for columns), kept ``CAP_HOLD_S`` and then dropped, so that the usual
+    one is tried again."""
+
+    value: _T | None = None
+    until: float = 0.0
+
+    def get(self, now: float) -> _T | None:
+        if self.value is not None and now >= self.until:
+            self.value = None
+        return self.value
+
+    def hold(self, value: _T | None, now: float) -> None:
+        self.value, self.until = value, now + CAP_HOLD_S
 
 
 def _stored_bytes(batch: Batch) -> int:
@@ -119,8 +142,9 @@ class Batcher:
         self._rng = rng
         self._batch: Batch | None = None  # kept across retries (same batch_id)
         self._checked: str | None = None  # id of a batch the full check found clean
-        self._cap: int | None = None  # readings per batch the cloud took, after a 413
-        self._cap_until = 0.0
+        self._cap: _Held[int] = _Held()  # readings per batch the cloud took, after a 413
+        self._rows: _Held[bool] = _Held()  # the cloud took rows after refusing columns
+        self._rows_trial: str | None = None  # id of the row batch sent after that refusal
         self._largest_ok = 0  # stored bytes of the largest batch the cloud has taken
         self.failures = 0
         self.sent = 0
@@ -183,16 +207,15 @@ class Batcher:
         """Readings in a full batch: ``batch_max``, or fewer since a 413 (so a batch that
         long leaves at once instead of waiting ``batch_age_s``) until ``CAP_HOLD_S`` after
         that 413."""
-        if self._cap is not None and self._clock() >= self._cap_until:
-            self._cap = None
-        return self.policy.batch_max if self._cap is None else self._cap
+        cap = self._cap.get(self._clock())
+        return self.policy.batch_max if cap is None else cap
 
     async def _next_batch(self) -> Batch | None:
         queued = _within(await self.store.queued(self._most()), self.policy.batch_max_bytes)
         if not queued:
             return None
         columns: bytes | None = None
-        if self.policy.format == "columns":
+        if self.policy.format == "columns" and not self._rows.get(self._clock()):
             readings, columns, unfit = to_columns(queued)
             await self._dead_letter(unfit)
         else:
@@ -220,6 +243,8 @@ class Batcher:
             elif exc.status == 400:
                 await self._refused(batch, exc)
             raise
+        if batch.batch_id == self._rows_trial:
+            self._took_rows()
         keys = {r.key for r in batch.readings}
         acked = [k for k in answer.acked if k in keys]
         rejected = [d for d in answer.rejected if (d.device, d.seq) in keys]
@@ -268,21 +293,34 @@ class Batcher:
                              "to dead letters")
 
     async def _refused(self, batch: Batch, exc: UplinkRefused) -> None:
-        """400: the cloud finds the batch malformed. Spliced, a stored body may be the
-        cause: the bad ones go to dead letters and the others out under a new id. As
-        columns it cannot be (every body was decoded and every value checked when the
-        batch was built, so the body is well-formed by construction): the likely cause
-        is a cloud older than columns, a configuration problem as a 401 is; the batch is
-        kept and retried with backoff, with an error naming the remedy, and nothing is
-        deleted (checking the bodies again would find nothing, or readings the cloud
-        would only reject one by one)."""
-        if batch.columns is None:
-            if await self._drop_malformed(batch):
-                self._batch = None  # the others go out under a new id
+        """400: the cloud finds the batch malformed. As columns, the likely cause is a
+        cloud older than columns (gateways upgraded first), not a stored body (each was
+        decoded, and its values checked, when the batch was built): the same readings go
+        once as rows, under a new id (:meth:`_took_rows` if the cloud takes them), rather
+        than the batch being held back until someone changes the configuration while
+        the queue fills up. Spliced, a stored body may be the cause: the bad ones go to
+        dead letters and the others out under a new id (as columns again, unless held
+        on rows)."""
+        if batch.columns is not None:
+            number = await self.store.next_batch_number()
+            self._batch = replace(batch, batch_id=f"{self.gateway}-{number:012d}", columns=None)
+            self._rows_trial = self._batch.batch_id
+            log.warning("uplink: the cloud refused columnar batch %s as malformed (%s); "
+                        "sending its readings as rows, as batch %s", batch.batch_id, exc,
+                        self._batch.batch_id)
             return
-        log.error("uplink: the cloud refused columnar batch %s as malformed (%s); if it is "
-                  "older than columnar batches, set [uplink] format = \"readings\"; the "
-                  "batch stays queued", batch.batch_id, exc)
+        self._rows_trial = None  # refused as rows too: not a cloud older than columns
+        if await self._drop_malformed(batch):
+            self._batch = None  # the others go out under a new id
+
+    def _took_rows(self) -> None:
+        """The cloud took as rows the readings it refused as columns: it is older than
+        columnar batches. Rows for ``CAP_HOLD_S``, then columns are tried again."""
+        self._rows_trial = None
+        self._rows.hold(True, self._clock())
+        log.error("uplink: the cloud does not take columnar batches: upgrade it; sending "
+                  "rows for now (columns are tried again in %.0f s; [uplink] format = "
+                  "\"readings\" stops trying)", CAP_HOLD_S)
 
     async def _drop_malformed(self, batch: Batch) -> bool:
         """After a 400: dead-letter the batch's items that fail the full check (too dear
@@ -309,11 +347,10 @@ class Batcher:
         n = len(batch.readings)
         if n > 1:
             self._batch = None  # fewer readings, under a new id
-            self._cap = n // 2
-            self._cap_until = self._clock() + CAP_HOLD_S
+            self._cap.hold(n // 2, self._clock())
             log.error("uplink: the cloud refused a batch of %d readings as too large; "
                       "sending at most %d per batch for %.0f s (check [uplink] batch_max "
-                      "against the cloud's [limits])", n, self._cap, CAP_HOLD_S)
+                      "against the cloud's [limits])", n, n // 2, CAP_HOLD_S)
             return
         size = _stored_bytes(batch)
         if size <= self._largest_ok:  # self._batch stays: the same batch again, later
@@ -323,7 +360,7 @@ class Batcher:
                       size, self._largest_ok)
             return
         self._batch = None
-        self._cap = None
+        self._cap = _Held()
         r = batch.readings[0]
         await self.store.dead_letter([DeadLetter(r.device, r.seq, f"too large: {exc}")])
         log.error("uplink: the cloud refuses %s seq %d alone as too large; moved to dead "

@@ -5,8 +5,9 @@ Two forms of the same batch (``[uplink] format``):
 - columns (:func:`to_columns`): one array per field and the measurements grouped into
   series (docs/protocol.md §3, docs/gateway.md "Uplink format"): 2.5x smaller and ~6x
   cheaper for the cloud to decode. The stored bodies are decoded once, in one CBOR
-  array, and every value is checked to be one the columns can carry, so a body that is
-  damaged or of a shape columns cannot express is found before anything is sent.
+  array, refusing the tags the cloud's decoder refuses, and every value is checked to be
+  one the columns can carry, so a body that is damaged or of a shape columns cannot
+  express is found before anything is sent.
 - readings (:func:`encode_batch` of a batch without columns): a queued reading's stored
   body already is its CBOR batch item (byte for byte what ``cbor2.dumps(reading.to_wire())``
   writes, see :func:`machi_gateway.model.encode_wire`), so the batch is the map's head, an
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain, count, repeat
 from operator import itemgetter
 from typing import Any
@@ -53,12 +54,26 @@ def encode_batch(batch: Batch) -> bytes:
 #
 # The stored bodies are decoded with one cbor2 call (its C loop) and the columns built with
 # map/zip/chain over the decoded maps, not a Python loop per measurement
-# (bench/gateway_uplink.py). Every value is checked to be plain CBOR (a number, text,
-# boolean or null): those are encoded again exactly as they were decoded, and the cloud's
-# decoder takes them, so a batch built here is never refused whole for a stored body; a
-# value the cloud finds wrong (a bad unit, a NaN) rejects that reading only, as in the
-# row form. If anything in the batch does not fit, each body is tried alone to find which.
+# (bench/gateway_uplink.py). The decoder refuses every tag the store never writes and the
+# cloud may refuse a whole batch for (`_SEMANTIC`). Every value
+# is then checked to be plain CBOR (a number, text, boolean or null): those are encoded
+# again exactly as they were decoded, and the cloud's decoder takes them, so a batch built
+# here is not refused whole for a stored body; a value the cloud finds wrong (a bad unit, a
+# NaN) rejects that reading only, as in the row form. If anything in the batch does not
+# fit, each body is tried alone to find which.
 
+def _never_written(tag: int) -> Callable[..., Any]:
+    def refuse(*_: Any) -> Any:
+        raise cbor2.CBORDecodeError(f"CBOR tag {tag}, which the store never writes (its "
+                                    "integers fit in 64 bits; it shares no values)")
+    return refuse
+
+
+# bignums (2, 3), shared values (28, 29) and string references (25, 256): a stored body
+# holding one is damage. The cloud refuses a whole batch for the last four (and for a bignum
+# over 1024 bytes), and in the one array decoded at once a reference in one body would
+# reach into another's.
+_SEMANTIC = {tag: _never_written(tag) for tag in (2, 3, 25, 28, 29, 256)}
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 _KINDS = ("v", "vs", "vb")
 _get = dict.get
@@ -75,33 +90,43 @@ def to_columns(items: Sequence[Queued]) -> tuple[list[Queued], bytes | None,
                                                  list[tuple[Queued, str]]]:
     """The CBOR of the ``"columns"`` map of ``items``: ``(fit, columns, unfit)``, where
     ``columns`` holds the ``fit`` items (None if there are none) and ``unfit`` pairs each
-    other item with the reason it cannot be sent (it must go to dead letters)."""
+    item that cannot be sent with the reason (it must go to dead letters); any other item
+    stays queued for a later batch. Never raises: a stored body must not stop the uplink."""
     try:
         return list(items), _dumps(_columns(items, _decode(items))), []
-    except (_Unfit, *_DECODE_ERRORS):
+    except (_Unfit, cbor2.CBOREncodeError, *_DECODE_ERRORS):
         pass
     fit: list[Queued] = []
     unfit: list[tuple[Queued, str]] = []
+    first: bytes | None = None
     for q in items:
-        why = _unfit_reason(q)
-        if why is None:
-            fit.append(q)
+        alone = _alone(q)
+        if isinstance(alone, str):
+            unfit.append((q, alone))
         else:
-            unfit.append((q, why))
-    return fit, _dumps(_columns(fit, _decode(fit))) if fit else None, unfit
-
-
-def _unfit_reason(item: Queued) -> str | None:
-    """Why ``item`` alone cannot be sent as columns, or None if it can."""
+            fit.append(q)
+            first = alone if first is None else first
+    if first is None:
+        return fit, None, unfit
     try:
-        _columns([item], _decode([item]))
+        return fit, _dumps(_columns(fit, _decode(fit))), unfit
+    except (_Unfit, cbor2.CBOREncodeError, *_DECODE_ERRORS):
+        # Bodies that fit alone but not together: the decoder above leaves nothing for
+        # one body to share with another, so this is a guard, not a path. The first
+        # goes alone, the others stay queued for the next batch.
+        return fit[:1], first, unfit
+
+
+def _alone(item: Queued) -> bytes | str:
+    """The columns of ``item`` alone, or why it cannot be sent as columns."""
+    try:
+        return _dumps(_columns([item], _decode([item])))
     except _Unfit as exc:
         return str(exc)
     except cbor2.CBORDecodeError as exc:
         return f"corrupt queue body: not CBOR ({exc})"
-    except _DECODE_ERRORS as exc:
+    except (cbor2.CBOREncodeError, *_DECODE_ERRORS) as exc:
         return f"corrupt queue body: {type(exc).__name__}: {exc}"
-    return None
 
 
 def _decode(items: Sequence[Queued]) -> list[Any]:
@@ -113,7 +138,7 @@ def _decode(items: Sequence[Queued]) -> list[Any]:
         raise _Unfit("corrupt queue body: not a byte string")
     blob = cbor_head(0x80, len(bodies)) + b"".join(bodies)
     fp = io.BytesIO(blob)
-    docs: list[Any] = cbor2.CBORDecoder(fp).decode()
+    docs: list[Any] = cbor2.CBORDecoder(fp, semantic_decoders=_SEMANTIC).decode()
     if fp.tell() != len(blob):
         raise _Unfit("corrupt queue body: bytes after its CBOR map")
     return docs
@@ -319,14 +344,13 @@ def well_formed(item: Queued) -> bool:
     decodes to (:func:`machi_gateway.model.encode_wire`), with the row's identity.
 
     Well-formed CBOR is not enough: cbor2 decodes shared values and string references
-    (tags 28/29, 25/256) and non-text map keys, all of which the cloud's decoder refuses
-    for the whole batch (400), so such a body would be kept and the batch refused for
-    ever. The store's own encoding has none of them. The uplink decoded every body with
-    ``Reading.from_wire`` before the splice, so a reading this refuses would have stopped
-    it then."""
+    (tags 28/29, 25/256), non-text map keys and bignums of any size, all of which the
+    cloud's decoder refuses for the whole batch (400), so such a body would be kept and
+    the batch refused for ever. The store's own encoding has none of them; the decoder
+    refuses the tags and bignums, and the comparison with the store's encoding the rest."""
     try:
         fp = io.BytesIO(item.body)
-        doc: Any = cbor2.CBORDecoder(fp).decode()
+        doc: Any = cbor2.CBORDecoder(fp, semantic_decoders=_SEMANTIC).decode()
         reading = Reading.from_wire(doc)
     except _DECODE_ERRORS:
         return False
