@@ -262,3 +262,45 @@ async def test_batches_in_one_group_answer_as_if_stored_one_after_another(
         assert isinstance(conflict, BatchConflict)
         rows = await storage.readings(ReadingQuery(device="env-0001", limit=10))
         assert [(r.seq, r.value) for r in rows] == [(1, 20.0), (2, 21.0), (3, 22.0)]
+
+
+async def test_a_full_disk_in_one_job_never_acks_the_others_unstored(writer: Writer) -> None:
+    """SQLite rolls the whole transaction back itself on a full disk, and the row count
+    does not move: the jobs before it must run again, not be answered from the lost
+    transaction (the gateway would delete readings that were never stored)."""
+    conn = writer.connection()
+    conn.execute("CREATE TABLE IF NOT EXISTS blobs (x BLOB)")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 3}")  # room for a few rows, no blob
+
+    def big(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO blobs (x) VALUES (?)", (b"x" * 1_000_000,))
+
+    out = await queued_behind_a_busy_writer(writer, [insert(1), insert(2), big, insert(3)])
+    assert out[0] == 1 and out[1] == 2 and out[3] == 3
+    assert isinstance(out[2], StorageUnavailable) and "full" in str(out[2])
+    assert writer.keys() == [1, 2, 3]
+
+
+async def test_other_writer_work_gets_its_turn_between_groups(tmp_path: Path) -> None:
+    """A device change or a command queued on the writer while a group commits runs
+    before the next group: a steady ingest never starves it."""
+    w = Writer(tmp_path / "f.sqlite", max_group=2)
+    order: list[object] = []
+
+    def job(k: int) -> Callable[[sqlite3.Connection], int]:
+        def run(conn: sqlite3.Connection) -> int:
+            if k == 0:
+                w.pool.submit(order.append, "control")
+            order.append(k)
+            return k
+
+        return run
+
+    try:
+        assert await queued_behind_a_busy_writer(w, [job(k) for k in range(6)]) == list(range(6))
+        assert order == [0, 1, "control", 2, 3, 4, 5]
+    finally:
+        w.pool.shutdown(wait=True)
+        if w.conn is not None:
+            w.conn.close()

@@ -7,9 +7,10 @@ gateways at once: while the writer commits one batch, the event loop parses the 
 and those then share the next commit. A batch that finds the writer idle is committed at
 once, alone, as before: no batch waits for company.
 
-A job that fails gives its exception as its answer. If it had changed rows it is taken
-out and the others run again in a new transaction, so it is undone alone (one that fails
-before writing, as a 409 does, costs the others nothing). Not savepoints: SQLite copies every
+A job that fails gives its exception as its answer. If it had changed rows, or the
+database failed under it (SQLite may then roll the whole transaction back itself), it is
+taken out and the others run again in a new transaction, so it is undone alone (one that
+fails before writing, as a 409 does, costs the others nothing). Not savepoints: SQLite copies every
 page a savepoint's statements change into a statement journal, which made a lone batch
 16-19 % slower. No result leaves before the commit that holds it: a failed commit fails
 every job of the group, and nothing of it is stored (the gateways retry; nothing was
@@ -78,11 +79,14 @@ class GroupCommit(Generic[T]):
                 _settle(loop, future, None, StorageUnavailable("the storage is closed"))
 
     def _drain(self) -> None:
-        """On the writer thread: group after group, each committed once, until none waits
-        (a close shuts the executor only after this returns: nothing queued is stranded)."""
+        """On the writer thread: one group, committed once. If more wait, another drain is
+        queued behind whatever else the writer was given meanwhile (a device change, a
+        command), so a steady ingest never starves those; only when the executor is shut
+        down (a close) does this drain go on itself, so nothing queued is stranded."""
         while True:
             with self._lock:
                 group, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+                more = bool(self._waiting)
             if not group:
                 return
             self.sizes = [*self.sizes[-99:], len(group)]
@@ -93,13 +97,21 @@ class GroupCommit(Generic[T]):
                 outcomes = [(None, failed)] * len(group)
             for (_, future, loop), (result, error) in zip(group, outcomes, strict=True):
                 _settle(loop, future, result, error)
+            if not more:  # a job queued since found the list empty and queued its own drain
+                return
+            try:
+                self._submit(self._drain)
+                return
+            except RuntimeError:  # shut down: finish the queue here
+                continue
 
     def _commit(self, group: list[_Waiting]) -> list[tuple[Any, BaseException | None]]:
-        """Each job's (result, exception). A job that raises having changed no row (a 409
-        found before writing) just gives its answer; one that changed rows is taken out,
-        the transaction rolled back and the rest run again in a new one (a job depends
-        only on the database it finds, not on an earlier run of itself). A failed commit
-        fails them all."""
+        """Each job's (result, exception). A job that raises something other than a
+        database error, having changed no row (a 409 found before writing), just gives its
+        answer; any other failing job is taken out, the transaction rolled back (if SQLite
+        has not done so itself, as it does on a full disk) and the rest run again in a new
+        one (a job depends only on the database it finds, not on an earlier run of
+        itself). A failed commit fails them all."""
         outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(group)
         pending = list(range(len(group)))
         while pending:
@@ -118,8 +130,12 @@ class GroupCommit(Generic[T]):
                     except Exception as exc:  # this job's answer
                         outcomes[i] = (None, self._as_error(exc))
                         pending.remove(i)
-                        if conn.total_changes != before:  # undo it: the others run again
-                            conn.rollback()
+                        if (isinstance(exc, sqlite3.Error) or conn.total_changes != before
+                                or not conn.in_transaction):
+                            # it wrote, or SQLite itself rolled the transaction back (a full
+                            # disk, an I/O error): the others run again in a new one
+                            if conn.in_transaction:
+                                conn.rollback()
                             break
                 else:
                     conn.commit()
