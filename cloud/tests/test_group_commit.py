@@ -304,3 +304,45 @@ async def test_other_writer_work_gets_its_turn_between_groups(tmp_path: Path) ->
         w.pool.shutdown(wait=True)
         if w.conn is not None:
             w.conn.close()
+
+
+async def test_a_full_disk_answers_503_and_every_acked_reading_is_stored(tmp_path: Path) -> None:
+    """The cloud's disk fills under a group of batches: each is either answered (and then
+    all its readings are stored) or refused with a 503 (and none is); once there is room
+    again the refused ones go in on retry."""
+    batches = {
+        f"b{n}": tuple(reading(f"env-{n:04d}", seq, 20.0 + seq) for seq in range(300))
+        for n in range(6)
+    }
+    async with SQLiteStorage(tmp_path / "full.sqlite") as storage:
+        assert storage._writer is not None
+        pages = await storage._write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await storage._write(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 12}"))
+        gate = threading.Event()
+        storage._writer.submit(gate.wait, 10)
+        try:
+            tasks = {
+                bid: asyncio.ensure_future(storage.store_batch(
+                    gateway="gw-01", batch_id=bid, body_hash=bid.encode() * 8, readings=rs))
+                for bid, rs in batches.items()
+            }
+            await asyncio.sleep(0)
+        finally:
+            gate.set()
+        answers = dict(zip(tasks, await asyncio.gather(*tasks.values(), return_exceptions=True),
+                           strict=True))
+        refused = [bid for bid, a in answers.items() if isinstance(a, StorageUnavailable)]
+        assert refused and len(refused) < len(batches)  # the disk filled part way
+        for bid, answer in answers.items():
+            stored = await storage.readings(ReadingQuery(device=batches[bid][0].device))
+            if bid in refused:
+                assert stored == []
+            else:
+                assert answer.stored == 300 and len(stored) == 300  # type: ignore[union-attr]
+
+        await storage._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        for bid in refused:
+            again = await storage.store_batch(gateway="gw-01", batch_id=bid,
+                                              body_hash=bid.encode() * 8, readings=batches[bid])
+            assert again.stored == 300
+        assert (await storage.stats()).readings == 6 * 300
