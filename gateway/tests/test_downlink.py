@@ -154,6 +154,18 @@ async def test_queue_survives_a_restart(tmp_path: Path) -> None:
         assert await q.state_of("a") == "executed"
 
 
+async def test_the_outbox_count_follows_reports_queued_while_one_is_sent(
+        tmp_path: Path) -> None:
+    """A refused command's report queued while another report's deletion is in flight
+    (the poll and the report loop run at once) is counted: ``outbox`` matches the rows."""
+    async with CommandQueue(tmp_path / "commands.db") as q:
+        await q.refuse("c-x", "unknown name")
+        [first] = await q.pending_reports()
+        await asyncio.gather(q.reported(first.n), q.refuse("c-y", "unknown name"))
+        assert [r.command for r in await q.pending_reports()] == ["c-y"]
+        assert q.outbox == 1
+
+
 def test_cmd_records_are_stripped(make_reading: Any) -> None:
     r = make_reading(measurements=(Measurement("temp", "Cel", 1.0),
                                    Measurement("cmd/3", None, "ok"),

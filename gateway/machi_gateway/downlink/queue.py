@@ -397,10 +397,13 @@ class CommandQueue:
         return await self._run(job)
 
     async def reported(self, n: int) -> None:
-        """The cloud took outbox row ``n``."""
-        def job(db: sqlite3.Connection) -> int:
-            return db.execute("DELETE FROM outbox WHERE n = ?", (n,)).rowcount
-        self.outbox -= await self._run(self._tx, job)
+        """The cloud took outbox row ``n``. The count changes on the worker thread, as
+        every other change of it does: ``self.outbox -= await ...`` read the count before
+        the await, so a report queued meanwhile (``refuse``) was lost from it and
+        ``outbox`` never came back to 0."""
+        def job(db: sqlite3.Connection) -> None:
+            self.outbox -= db.execute("DELETE FROM outbox WHERE n = ?", (n,)).rowcount
+        await self._run(self._tx, job)
 
     async def state_of(self, command: str) -> str | None:
         def job() -> str | None:
