@@ -363,7 +363,7 @@ def _series(j: int, s: Any, n: int) -> _Series:
     name = s.get("n")
     named = isinstance(name, str) and METRIC_NAME.match(name)
     label = f"columns.m[{j}] ({name})" if named else f"columns.m[{j}]"
-    kinds = [k for k in ("v", "vs", "vb") if k in s]
+    kinds = value_keys(s)
     if len(kinds) != 1:
         raise BadBatch(
             f"{label} must have exactly one value array (v, vs or vb); has "
@@ -479,7 +479,7 @@ def _measurement(index: int, m: Any) -> Measurement:
     unit = m.get("u")
     if unit is not None and (not isinstance(unit, str) or not 1 <= len(unit) <= _MAX_UNIT):
         raise _Invalid(f"m[{index}].u ({name}) must be a SenML unit text of 1..{_MAX_UNIT} chars")
-    present = [k for k in ("v", "vs", "vb") if k in m]
+    present = value_keys(m)
     if len(present) != 1:
         raise _Invalid(
             f"m[{index}] ({name}) must have exactly one of v, vs, vb; has "
@@ -503,6 +503,12 @@ def _measurement(index: int, m: Any) -> Measurement:
     elif kind is not bool:
         raise _Invalid(f"m[{index}].vb ({name}) must be true or false, got {_kind(value)}")
     return Measurement(name, unit, value)
+
+
+def value_keys(m: dict[Any, Any]) -> list[str]:
+    """Which of a measurement's (or a series') value keys v, vs, vb it has: exactly one
+    is valid."""
+    return [k for k in ("v", "vs", "vb") if k in m]
 
 
 def _kind(value: Any) -> str:

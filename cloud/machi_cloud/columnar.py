@@ -130,7 +130,7 @@ def _known(values: set[Any], known: set[str], valid: Callable[[str], Any]) -> bo
 
 def _series(s: dict[Any, Any], n: int) -> Series | None:
     """(name, unit, values, indices, kind) of a series of plainly valid values, else None."""
-    kinds = [key for key in ("v", "vs", "vb") if key in s]
+    kinds = ref.value_keys(s)
     if len(kinds) != 1:
         return None
     kind = kinds[0]

@@ -6,6 +6,7 @@ or series; the usual shapes take the fast lane; the shared vectors agree."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from machi_cloud import batch, columnar, fastbatch
 from machi_cloud.errors import BadBatch, ProblemError, TooLarge
-from machi_tools.fuzzkit import HOSTILE_CBOR_HEADS, bounded_alloc, fuzz
+from machi_tools.fuzzkit import HOSTILE_CBOR_HEADS, batch_outcome, bounded_alloc, fuzz, typed
 
 VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
 PARSERS = [batch.parse_batch, fastbatch.parse_batch]
@@ -64,21 +65,7 @@ def to_columns(obj: dict[str, Any], *, sparse: bool = False) -> dict[str, Any] |
     return {**{k: v for k, v in obj.items() if k != "readings"}, "columns": cols}
 
 
-def typed(value: Any) -> Any:
-    """`value` with every scalar tagged by its type: 1, 1.0 and True must not compare equal."""
-    if isinstance(value, (list, tuple)):
-        return [type(value).__name__, [typed(v) for v in value]]
-    if isinstance(value, float) and value != value:
-        return ("float", "nan")
-    return (type(value).__name__, value)
-
-
-def outcome(parse: Any, data: bytes, limit: int) -> Any:
-    try:
-        b = parse(data, max_readings=limit)
-    except ProblemError as exc:
-        return ("error", type(exc).__name__, str(exc))
-    return (b.gateway, b.batch_id, typed(tuple(b.readings)), typed(b.rejected))
+outcome = partial(batch_outcome, refused=ProblemError)
 
 
 def same_meaning(rows: Any, cols: Any) -> bool:

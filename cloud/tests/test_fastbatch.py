@@ -3,6 +3,7 @@ the same readings with the same value types, the same rejections, the same error
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import cbor2
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from machi_cloud import batch, fastbatch
 from machi_cloud.errors import ProblemError
+from machi_tools.fuzzkit import batch_outcome
 
 numbers = st.one_of(
     st.integers(min_value=-(2**64), max_value=2**64),
@@ -98,22 +100,7 @@ body = perturbed(
 )
 
 
-def typed(value: Any) -> Any:
-    """`value` with every scalar tagged by its type: 1, 1.0 and True must not compare equal."""
-    if isinstance(value, (list, tuple)):
-        return [type(value).__name__, [typed(v) for v in value]]
-    if isinstance(value, float) and value != value:
-        return ("float", "nan")
-    return (type(value).__name__, value)
-
-
-def outcome(parse: Any, data: bytes, limit: int) -> Any:
-    try:
-        b = parse(data, max_readings=limit)
-    except ProblemError as exc:
-        return ("error", type(exc).__name__, str(exc))
-    # the fast lane may hold its readings as `ReadingColumns`: compared as the tuple
-    return (b.gateway, b.batch_id, typed(tuple(b.readings)), typed(b.rejected))
+outcome = partial(batch_outcome, refused=ProblemError)
 
 
 @settings(max_examples=500, deadline=None)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 
@@ -63,3 +64,25 @@ HOSTILE_CBOR_HEADS = [bytes.fromhex(h) for h in (
     "d81900", "d90100", "c0", "c1", "c4", "c5", "d823", "d9d9f7", "f7", "f8ff", "f818", "1c",
     "3e", "5d", "fc", "fd", "fe", "a0", "80", "40", "60", "f6", "f4", "f5",
 )]
+
+
+def typed(value: Any) -> Any:
+    """`value` with every scalar tagged by its type: 1, 1.0 and True must not compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, [typed(v) for v in value]]
+    if isinstance(value, float) and value != value:
+        return ("float", "nan")
+    return (type(value).__name__, value)
+
+
+def batch_outcome(
+    parse: Callable[..., Any], data: bytes, limit: int, *, refused: type[Exception]
+) -> Any:
+    """What a cloud batch parser makes of `data`, to compare two parsers whole: the batch's
+    identity, readings and rejections with every value `typed`, or the refusal's class and
+    message. A fast lane may hold its readings as `ReadingColumns`: compared as the tuple."""
+    try:
+        b = parse(data, max_readings=limit)
+    except refused as exc:
+        return ("error", type(exc).__name__, str(exc))
+    return (b.gateway, b.batch_id, typed(tuple(b.readings)), typed(b.rejected))
