@@ -64,6 +64,7 @@ from machi_cloud.storage.pgserver import PostgresServer, PostgresUnavailable
 from machi_cloud.storage.postgres import PostgresStorage
 from machi_cloud.storage.rows import m_text
 from machi_cloud.storage.sqlite import SQLiteStorage
+from machi_tools.procs import stop_popen
 
 BATCH = 500
 GATEWAY_BATCH = 2000  # the gateway's default batch_max (gateway/machi_gateway/uplink/batcher.py)
@@ -334,8 +335,7 @@ def through_http(db: list[str], raw: list[bytes], tmp: Path) -> float:
                     raise RuntimeError(f"API answered {resp.status_code}: {resp.text}")
             return time.perf_counter() - start
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_popen(proc, 30)
 
 
 # -- driver ----------------------------------------------------------------------------------

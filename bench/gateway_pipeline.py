@@ -35,7 +35,6 @@ import json
 import os
 import random
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ from bench.gateway_coap import (
     drive,
     start_server,
 )
-from machi_tools.procs import ManagedProcess
+from machi_tools.procs import ManagedProcess, stop_popen
 from machi_tools.system import Cloud
 
 GATEWAY = "gw-01"
@@ -124,16 +123,6 @@ def _pin(pid: int, cpu: int) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         for task in Path(f"/proc/{pid}/task").iterdir():
             os.sched_setaffinity(int(task.name), {cpu})
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """bench/gateway_coap.py's server: SIGTERM, then SIGKILL."""
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def start_cloud(tmp: Path) -> tuple[Cloud, Path]:
@@ -237,7 +226,7 @@ def ingest_only(tmp: Path, tpl: Template, seconds: float, seq_base: int) -> Wind
         ingested, wall = timed_drive(port, seconds, seq_base + 10**7, tpl)
         cpu = cpu_seconds(proc.pid) - cpu0
     finally:
-        _stop(proc)
+        stop_popen(proc, 15)
     return Window(ingested, wall, cpu, cpu)
 
 

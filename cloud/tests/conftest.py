@@ -38,6 +38,7 @@ from machi_cloud.storage import Storage
 from machi_cloud.storage.pgserver import PostgresServer, find_bindir
 from machi_cloud.storage.postgres import PostgresStorage
 from machi_cloud.storage.sqlite import SQLiteStorage
+from machi_tools.procs import stop_popen
 
 VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors"
 TOKENS = {"gw-01": "secret-01", "gw-02": "secret-02"}
@@ -314,9 +315,4 @@ def cloud(tmp_path: Path) -> Iterator[str]:
     try:
         yield wait_ready(proc, ready, log)["url"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_popen(proc, 20)

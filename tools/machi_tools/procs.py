@@ -28,6 +28,21 @@ REPO = Path(__file__).resolve().parents[2]
 _PR_SET_PDEATHSIG = 1
 
 
+def stop_popen(popen: subprocess.Popen[Any], timeout: float = 10.0, *,
+               sig: int = signal.SIGTERM, signalled: bool = False) -> int:
+    """`sig` (unless already sent), then SIGKILL if it has not exited after `timeout`;
+    its exit code. Every process this project starts is stopped this way."""
+    if popen.poll() is None:
+        if not signalled:
+            popen.send_signal(sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+    return popen.returncode
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to send SIGTERM to the child when the orchestrator dies, even by SIGKILL,
     so a crashed demo or test run never leaves gateways and nodes running in the background."""
@@ -145,15 +160,7 @@ class ManagedProcess:
         node's clean shutdown short), then SIGKILL after `timeout`: returns the exit code."""
         if self.popen is None:
             return None
-        if self.popen.poll() is None:
-            if not signalled:
-                self.popen.send_signal(self.stop_signal)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
+        return stop_popen(self.popen, timeout, sig=self.stop_signal, signalled=signalled)
 
     def kill(self) -> None:
         """SIGKILL: the power cut / `kill -9` of the fault tests."""
