@@ -64,10 +64,11 @@ from machi_cloud.storage.pgserver import PostgresServer, PostgresUnavailable
 from machi_cloud.storage.postgres import PostgresStorage
 from machi_cloud.storage.rows import m_text
 from machi_cloud.storage.sqlite import SQLiteStorage
+from machi_gateway.uplink.batcher import BatchPolicy
 from machi_tools.procs import stop_popen
 
 BATCH = 500
-GATEWAY_BATCH = 2000  # the gateway's default batch_max (gateway/machi_gateway/uplink/batcher.py)
+GATEWAY_BATCH = BatchPolicy().batch_max  # the gateway's default [uplink] batch_max
 DEVICES = 50
 T0 = 1795390000
 TOKEN = "bench-secret"

@@ -53,6 +53,8 @@ from typing import Any
 
 import cbor2
 
+from machi_tools.procs import stop_popen
+
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = 200
 _LOST_AFTER_S = 5.0
@@ -322,8 +324,7 @@ def run() -> None:
                         seq_base += 10**6
                 finally:
                     for proc, _ in procs.values():
-                        proc.terminate()
-                        proc.wait(10)
+                        stop_popen(proc, 10)
     results = {key: _median(rs) for key, rs in samples.items()}
     if rounds > 1:
         print(f"medians of {rounds} rounds (fresh servers each round)")
@@ -381,8 +382,7 @@ def steady(windows: int = 8, seconds: float = 5.0) -> None:
                       f"p99 {r['p99_ms']:.1f} ms, {r['cpu_us']:.0f} CPU us/req, "
                       f"RSS {rss_mib(proc.pid):.0f} MiB")
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_popen(proc, 10)
 
 
 def profile() -> None:
@@ -400,8 +400,7 @@ def profile() -> None:
                 print(f"{n} per request: {r['rate']:.0f} req/s, {r['readings']:.0f} readings/s "
                       "(under the profiler)")
         finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(30)
+            stop_popen(proc, 30, sig=signal.SIGINT)  # the server writes its profile on SIGINT
         stats = pstats.Stats(str(out))
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(25)

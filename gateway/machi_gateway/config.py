@@ -134,6 +134,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "url": Key("http://127.0.0.1:8080", _url, "cloud base URL; batches go to {url}/v1/batches"),
         "token": Key("", _str(empty=True), "the gateway's bearer token (or use token_file)"),
         "token_file": Key("", _str(empty=True), "file holding the token (first line)"),
+        # bench/gateway_pipeline.py: acked/s under load 9.3-11.9k at 500, 12.7-15.5k at 2000
         "batch_max": Key(2000, _int(1, 5000), "send when this many readings wait"),
         "batch_age_s": Key(2.0, _float(0.0), "... or when the oldest has waited this long"),
         "timeout_s": Key(10.0, _float(0.0), "timeout of one upload"),

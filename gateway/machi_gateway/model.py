@@ -191,10 +191,11 @@ def _head(device: str) -> bytes:
     return head
 
 
-def identity_head(device: str) -> bytes:
-    """How every stored body of ``device`` starts (the map head, ``"device": device``),
-    cached: the uplink checks a queued body against it before splicing it."""
-    return _HEADS.get(device) or _head(device)
+def identity_prefix(device: str, seq: int) -> bytes:
+    """How the stored body of ``(device, seq)`` starts: the map head, ``"device": device,
+    "seq": seq`` (the head per device cached). The uplink checks a queued body against it
+    before splicing it."""
+    return (_HEADS.get(device) or _head(device)) + _KEY_SEQ + _number(seq)
 
 
 def _tail(transport: str) -> bytes:
@@ -222,8 +223,8 @@ def encode_wire(reading: Reading) -> bytes:
     device, transport, ms = reading.device, reading.transport, reading.measurements
     if type(device) is not str or type(transport) is not str or len(ms) >= 24:
         return _dumps(reading.to_wire())
-    parts = [_HEADS.get(device) or _head(device), _KEY_SEQ, _number(reading.seq),
-             _KEY_TIME, _number(reading.time), _KEY_RECEIVED, _number(reading.received),
+    parts = [identity_prefix(device, reading.seq), _KEY_TIME, _number(reading.time),
+             _KEY_RECEIVED, _number(reading.received),
              _TAILS.get(transport) or _tail(transport), bytes((0x80 | len(ms),))]
     append = parts.append
     for m in ms:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-from ..config import UPLINK_FORMATS, UplinkConfig, UplinkFormat
+from ..config import SCHEMA, UPLINK_FORMATS, UplinkConfig, UplinkFormat
 from ..errors import BatchConflict, StoreError, UplinkError, UplinkRefused
 from ..store import DeadLetter, Queued, Store
 from .base import Batch, Uplink
@@ -52,7 +52,7 @@ _T = TypeVar("_T")
 class BatchPolicy:
     """When to send and how to back off."""
 
-    batch_max: int = 2000  # bench/gateway_pipeline.py: acked/s under load 9.3-11.9k -> 12.7-15.5k
+    batch_max: int = SCHEMA["uplink"]["batch_max"].default  # the config's
     # Stored bytes per batch. A reading's body is 150-220 B, but one from a 1 KiB CoAP pack can
     # be 6.6 KB and still valid to the cloud (many measurements sharing a base unit), and
     # 2000 of those pass its 4 MiB body limit: a 413 for the same oldest batch for ever.

@@ -28,12 +28,11 @@ from typing import Any
 import cbor2
 
 from ..errors import UplinkUnavailable
-from ..model import Reading, cbor_head, encode_wire, identity_head
+from ..model import Reading, cbor_head, encode_wire, identity_prefix
 from ..store import DeadLetter, Queued
 from .base import Batch, BatchAnswer
 
 _dumps = cbor2.dumps
-_KEY_SEQ = _dumps("seq")
 _DECODE_ERRORS = (cbor2.CBORDecodeError, ValueError, TypeError, KeyError, AttributeError,
                   OverflowError, RecursionError, MemoryError)
 
@@ -335,8 +334,7 @@ def looks_intact(item: Queued) -> bool:
     if (type(device) is not str or type(seq) is not int or type(body) is not bytes
             or not 0 <= seq < 2**64):
         return False
-    head = identity_head(device)
-    return body.startswith(head) and body.startswith(_KEY_SEQ + cbor_head(0x00, seq), len(head))
+    return body.startswith(identity_prefix(device, seq))
 
 
 def well_formed(item: Queued) -> bool:
