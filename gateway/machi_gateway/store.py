@@ -102,6 +102,12 @@ class Queued(NamedTuple):
     def key(self) -> tuple[str, int]:
         return (self.device, self.seq)
 
+    @classmethod
+    def of(cls, reading: Reading) -> Queued:
+        """What the queue holds for ``reading`` once added (as ``_add_all`` writes it),
+        for batches built without a store (tests, benches)."""
+        return cls(reading.device, reading.seq, reading.received, encode_wire(reading))
+
 
 class Store:
     """The gateway's durable reading queue (an async context manager)."""

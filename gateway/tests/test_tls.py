@@ -29,6 +29,7 @@ from machi_gateway.downlink.cloud import CommandClient
 from machi_gateway.errors import ConfigError, UplinkUnavailable
 from machi_gateway.model import Reading
 from machi_gateway.registry_sync import RegistrySync
+from machi_gateway.store import Queued
 from machi_gateway.uplink.base import Batch
 from machi_gateway.uplink.http import HttpUplink
 from machi_tools.devcerts import Pair, make_ca, make_self_signed, make_server
@@ -282,7 +283,8 @@ async def test_pin_mismatch_sends_no_byte(pki: Pki, server: TlsServer,
     up = HttpUplink(server.url, token="s3cret-token", timeout_s=10, tls_config=c)
     try:
         with pytest.raises(UplinkUnavailable) as exc:
-            await up.send(Batch(gateway="gw-01", batch_id="b1", readings=(make_reading(),)))
+            await up.send(Batch(gateway="gw-01", batch_id="b1",
+                                readings=(Queued.of(make_reading()),)))
     finally:
         await up.aclose()
     assert "TLS handshake with" in str(exc.value) and "pin_sha256" in str(exc.value)

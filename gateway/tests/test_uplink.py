@@ -15,7 +15,7 @@ import pytest
 
 from machi_gateway.errors import BatchConflict, UplinkRefused, UplinkUnavailable
 from machi_gateway.model import Measurement, Reading
-from machi_gateway.store import Store
+from machi_gateway.store import Queued, Store
 from machi_gateway.uplink.base import Batch
 from machi_gateway.uplink.batcher import CAP_HOLD_S, Batcher, BatchPolicy
 from machi_gateway.uplink.http import HttpUplink
@@ -35,7 +35,7 @@ def test_encoding_matches_the_cloud_vector(vectors: Callable[[str], Any]) -> Non
     [case] = vectors("cloud-batches.json")
     doc = case["decoded"]
     batch = Batch(gateway=doc["gateway"], batch_id=doc["batch_id"],
-                  readings=tuple(Reading.from_wire(r) for r in doc["readings"]))
+                  readings=tuple(Queued.of(Reading.from_wire(r)) for r in doc["readings"]))
     assert encode_batch(batch).hex() == case["hex"]
 
 
@@ -80,13 +80,14 @@ async def test_http_uplink_request_shape(
     def handler(req: httpx.Request) -> httpx.Response:
         seen.append(req)
         body = cbor2.loads(req.content)
-        acked = [[r["device"], r["seq"]] for r in body["readings"]]  # a Reading batch: rows
+        acked = [[r["device"], r["seq"]] for r in body["readings"]]  # no columns: rows
         return httpx.Response(200, content=cbor2.dumps({"acked": acked, "rejected": []}))
 
-    rs = await _fill(store, make_reading, 3)
+    await _fill(store, make_reading, 3)
     async with HttpUplink("http://cloud.test/", token="s3cret", timeout_s=1,
                           transport=httpx.MockTransport(handler)) as up:
-        answer = await up.send(Batch(gateway="gw-01", batch_id="gw-01-1", readings=tuple(rs)))
+        answer = await up.send(Batch(gateway="gw-01", batch_id="gw-01-1",
+                                     readings=tuple(await store.queued(10))))
     assert len(answer.acked) == 3
     [req] = seen
     assert req.method == "POST" and str(req.url) == "http://cloud.test/v1/batches"
@@ -108,7 +109,8 @@ async def test_http_status_mapping(
     transport = httpx.MockTransport(lambda req: httpx.Response(status, json={"title": "x"}))
     async with HttpUplink("http://cloud.test", token="", timeout_s=1, transport=transport) as up:
         with pytest.raises(error):
-            await up.send(Batch(gateway="gw-01", batch_id="b", readings=(make_reading(),)))
+            await up.send(Batch(gateway="gw-01", batch_id="b",
+                                readings=(Queued.of(make_reading()),)))
 
 
 def _ack_all(req: httpx.Request, keys: Keys) -> httpx.Response:

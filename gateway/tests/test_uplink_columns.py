@@ -24,7 +24,7 @@ from machi_cloud import batch as cloud_batch
 from machi_cloud import fastbatch
 from machi_gateway.config import from_mapping
 from machi_gateway.errors import ConfigError
-from machi_gateway.model import Measurement, Reading, encode_wire
+from machi_gateway.model import Measurement, Reading
 from machi_gateway.store import Queued, Store
 from machi_gateway.uplink import wire
 from machi_gateway.uplink.base import Batch
@@ -58,7 +58,7 @@ def _fleet(n: int) -> list[Reading]:
 
 
 def _queued(rs: Sequence[Reading]) -> list[Queued]:
-    return [Queued(r.device, r.seq, r.received, encode_wire(r)) for r in rs]
+    return list(map(Queued.of, rs))
 
 
 def _columns_of(items: Sequence[Queued]) -> dict[str, Any]:
@@ -313,7 +313,7 @@ async def test_a_body_the_columns_cannot_carry_is_dead_lettered_and_the_rest_goe
     [(device, seq, why)] = queue_file.dead()
     assert (device, seq) == ("env-0001", 2) and why.startswith("corrupt queue body")
     assert reason in why
-    assert "queued body of env-0001 seq 2 is corrupt" in caplog.text
+    assert "queued body of env-0001 seq 2 cannot be sent" in caplog.text
 
 
 def _sharing(seq: int, marked: Any) -> bytes:

@@ -13,7 +13,7 @@ import cbor2
 import httpx
 import pytest
 
-from machi_gateway.model import Measurement, Reading, cbor_head, encode_wire
+from machi_gateway.model import Measurement, Reading, cbor_head
 from machi_gateway.store import Queued, Store
 from machi_gateway.uplink import batcher as batcher_module
 from machi_gateway.uplink import wire
@@ -34,10 +34,6 @@ def _old_encode(batch: Batch, readings: list[Reading]) -> bytes:
                               "readings": [r.to_wire() for r in readings]}))
 
 
-def _queued(r: Reading) -> Queued:
-    return Queued(r.device, r.seq, r.received, encode_wire(r))
-
-
 def _readings(n: int) -> list[Reading]:
     return [Reading(device=f"dev-{i % 7}", seq=i * 997, time=1_700_000_000 + i if i % 2 else
                     1_700_000_000.25 + i, received=1_700_000_001.5 + i,
@@ -56,8 +52,9 @@ async def test_splice_is_byte_identical_to_the_old_encoding(store: Store, n: int
     assert [q.received for q in queued] == [r.received for r in readings]
     batch = Batch(gateway="gw-01", batch_id="gw-01-000000000042", readings=tuple(queued))
     assert wire.encode_batch(batch) == _old_encode(batch, readings)
-    from_readings = Batch(gateway="gw-01", batch_id="b" * 64, readings=tuple(readings))
-    assert wire.encode_batch(from_readings) == _old_encode(from_readings, readings)
+    without_store = Batch(gateway="gw-01", batch_id="b" * 64,
+                          readings=tuple(map(Queued.of, readings)))
+    assert wire.encode_batch(without_store) == _old_encode(without_store, readings)
 
 
 @pytest.mark.parametrize("n", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32])
@@ -68,7 +65,7 @@ def test_array_head_is_cbor2s(n: int) -> None:
 
 
 def test_looks_intact() -> None:
-    good = _queued(_readings(3)[2])
+    good = Queued.of(_readings(3)[2])
     assert wire.looks_intact(good) and wire.well_formed(good)
     for body in (b"", b"\xff", cbor2.dumps([1]), good.body[:8],
                  cbor2.dumps({"seq": good.seq, "device": good.device})):
@@ -122,7 +119,7 @@ async def test_a_corrupt_head_is_dead_lettered_and_the_rest_goes_out(
     assert batcher.sent == 4
     assert queue_file.dead() == [("env-0001", 2, "corrupt queue body")]
     assert store.dead_letters == 1
-    assert "queued body of env-0001 seq 2 is corrupt" in caplog.text
+    assert "queued body of env-0001 seq 2 cannot be sent" in caplog.text
 
 
 async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
@@ -133,7 +130,7 @@ async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
     batch (400), the full check finds the body, and the rest goes out under a new id."""
     readings = [make_reading(seq=i) for i in range(4)]
     await store.add_many(readings)
-    queue_file.damage(1, _queued(readings[1]).body[:-5])
+    queue_file.damage(1, Queued.of(readings[1]).body[:-5])
     posts: list[bytes] = []
     with caplog.at_level(logging.ERROR, logger="machi_gateway.uplink.batcher"):
         batcher = await upload_all(store, _strict_cloud(posts), POLICY)
@@ -141,7 +138,7 @@ async def test_damage_past_the_head_is_found_when_the_cloud_refuses_the_batch(
     assert cbor2.loads(accepted)["batch_id"].encode() not in refused
     assert [r["seq"] for r in cbor2.loads(accepted)["readings"]] == [0, 2, 3]
     assert queue_file.dead() == [("env-0001", 1, "corrupt queue body")]
-    assert batcher.sent == 3 and "seq 1 is corrupt" in caplog.text
+    assert batcher.sent == 3 and "seq 1 cannot be sent" in caplog.text
 
 
 async def test_a_400_without_a_corrupt_body_resends_the_same_batch(
@@ -177,7 +174,7 @@ def _float_last() -> Queued:
     """A queued reading whose body ends with its one measurement's float (9 bytes)."""
     r = Reading(device="env-0001", seq=5, time=1_700_000_000.5, received=1_700_000_001.0,
                 transport="coap", measurements=(Measurement("temp", "Cel", 21.5),))
-    q = _queued(r)
+    q = Queued.of(r)
     assert q.body[-9] == 0xFB
     return q
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from ..model import Reading
 from ..store import DeadLetter, Queued
 
 
@@ -25,13 +24,12 @@ class Batch:
     The batcher fills it with queued items. With ``columns`` (the CBOR of the batch's
     ``"columns"`` map, built from the items' bodies by :func:`.wire.to_columns`) that is
     the body's content, and ``readings`` says which queued readings it holds; without,
-    the stored bodies are spliced into a ``"readings"`` array as they are, and a
-    :class:`Reading` (tests, tools) is encoded the same way.
+    the stored bodies are spliced into a ``"readings"`` array as they are.
     """
 
     gateway: str
     batch_id: str
-    readings: tuple[Queued | Reading, ...]
+    readings: tuple[Queued, ...]
     columns: bytes | None = None
 
     def __post_init__(self) -> None:

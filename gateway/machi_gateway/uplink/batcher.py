@@ -106,7 +106,7 @@ class _Held(Generic[_T]):
 
 def _stored_bytes(batch: Batch) -> int:
     """The bytes of ``batch``'s stored readings (its body less the map's few head bytes)."""
-    return sum(len(r.body) for r in batch.readings if isinstance(r, Queued))
+    return sum(len(q.body) for q in batch.readings)
 
 
 def _within(items: list[Queued], budget: int) -> list[Queued]:
@@ -280,17 +280,17 @@ class Batcher:
         return [q for q, ok in zip(items, verdicts, strict=True) if ok]
 
     async def _dead_letter(self, bad: Sequence[tuple[Queued, str]]) -> None:
-        """Move queued items whose stored body cannot be sent to dead letters, each with
-        its reason, so that no batch meets them again."""
+        """Move queued items that cannot be sent (a corrupt body, one too large for the
+        cloud) to dead letters, each with its reason, so that no batch meets them again."""
         if not bad:
             return
         for q, why in bad:
-            log.error("uplink: the queued body of %s seq %s is corrupt (%.60s); moved to "
-                      "dead letters, not sent: %s", q.device, q.seq, repr(q.body), why)
+            log.error("uplink: the queued body of %s seq %s cannot be sent (%.60s); moved to "
+                      "dead letters: %s", q.device, q.seq, repr(q.body), why)
         moved = await self.store.dead_letter([DeadLetter(q.device, q.seq, why) for q, why in bad])
         if moved < len(bad):  # else the next batch would meet them again, at once
-            raise StoreError(f"{len(bad) - moved} corrupt queue rows could not be moved "
-                             "to dead letters")
+            raise StoreError(f"{len(bad) - moved} queue rows that cannot be sent could not be "
+                             "moved to dead letters")
 
     async def _refused(self, batch: Batch, exc: UplinkRefused) -> None:
         """400: the cloud finds the batch malformed. As columns, the likely cause is a
@@ -329,7 +329,7 @@ class Batcher:
         cloud problem then, retried with backoff)."""
         if batch.batch_id == self._checked:
             return False
-        queued = [r for r in batch.readings if isinstance(r, Queued)]
+        queued = list(batch.readings)
         if len(await self._keep_intact(queued, well_formed)) < len(queued):
             return True
         self._checked = batch.batch_id
@@ -361,10 +361,7 @@ class Batcher:
             return
         self._batch = None
         self._cap = _Held()
-        r = batch.readings[0]
-        await self.store.dead_letter([DeadLetter(r.device, r.seq, f"too large: {exc}")])
-        log.error("uplink: the cloud refuses %s seq %d alone as too large; moved to dead "
-                  "letters", r.device, r.seq)
+        await self._dead_letter([(batch.readings[0], f"too large: {exc}")])
 
     def _failed(self, exc: UplinkError | StoreError) -> float:
         self.failures += 1

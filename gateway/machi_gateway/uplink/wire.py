@@ -46,7 +46,7 @@ def encode_batch(batch: Batch) -> bytes:
         return b"".join((head, _dumps("columns"), batch.columns))
     items = batch.readings
     return b"".join((head, _dumps("readings"), cbor_head(0x80, len(items)),
-                     *[r.body if isinstance(r, Queued) else encode_wire(r) for r in items]))
+                     *[q.body for q in items]))
 
 
 # ---- columns -----------------------------------------------------------------------------
