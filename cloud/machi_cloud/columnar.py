@@ -55,7 +55,7 @@ def parse_columns(columns: Any, max_readings: int) -> Sequence[Reading] | None:
         return None
     if type(ms) is not list or not set(map(type, ms)) <= {dict}:
         return None
-    if not _readings_ok(devices, seqs, times, received, transports):
+    if not readings_ok(devices, seqs, times, received, transports):
         return None
     series = [c for c in map(_series, ms, repeat(n)) if c is not None]
     if len(series) != len(ms) or not _once_per_reading(series, n):
@@ -79,7 +79,7 @@ def _column(columns: dict[Any, Any], key: str, n: int, default: Any) -> list[Any
     return col
 
 
-def _readings_ok(
+def readings_ok(
     devices: list[Any],
     seqs: list[Any],
     times: list[Any],

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import batch as ref
 from .batch import Batch, Measurement, Reading, ReadingColumns
-from .columnar import parse_columns, times_ok, values_ok
+from .columnar import parse_columns, readings_ok, values_ok
 from .settings import GATEWAY_ID
 
 _new = tuple.__new__
@@ -44,7 +44,6 @@ _MAX_TRANSPORT = 32
 _get = dict.get
 _has = dict.__contains__
 _NUMBER = frozenset((int, float))  # also the types a reading's time may have
-_RECEIVED = _NUMBER | {type(None)}
 _UNIT = frozenset((str, type(None)))
 
 
@@ -105,18 +104,7 @@ def _whole_batch(items: list[Any]) -> ReadingColumns | None:
         ms: list[Any] = list(map(_get, items, repeat("m")))
     except TypeError:  # an item is not a map
         return None
-    try:  # distinct values (str hashes are cached): a type check on a handful of them
-        device_set, transport_set = set(devices), set(transports)
-    except TypeError:  # an unhashable value (array or map) where a text belongs
-        return None
-    if (
-        not set(map(type, device_set)) <= {str}
-        or not set(map(type, seqs)) <= {int}
-        or not set(map(type, times)) <= _NUMBER
-        or not set(map(type, received)) <= _RECEIVED
-        or not set(map(type, transport_set)) <= {str}
-        or not set(map(type, ms)) <= {list}
-    ):
+    if not set(map(type, ms)) <= {list}:
         return None
     flat = list(chain.from_iterable(ms))
     try:  # dict.get refuses anything but a map
@@ -134,17 +122,7 @@ def _whole_batch(items: list[Any]) -> ReadingColumns | None:
         or not values_ok(values, kinds)
     ):
         return None
-    if n and (min(seqs) < 0 or max(seqs) >= _MAX_SEQ or not times_ok(times)):
-        return None
-    if None in received:
-        received_ok = times_ok([rc for rc in received if rc is not None])
-    else:
-        received_ok = times_ok(received)
-    if not received_ok:
-        return None
-    if not all(map(_DEVICE, device_set)) or not all(
-        1 <= len(t) <= _MAX_TRANSPORT for t in transport_set
-    ):
+    if not readings_ok(devices, seqs, times, received, transports):
         return None
     # no key beyond n, v and u (the usual case) rules out vs and vb without looking
     keys = sum(map(len, flat))

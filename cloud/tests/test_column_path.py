@@ -114,7 +114,9 @@ def test_sorted_columns_give_the_rows_of_the_readings(items: Any, data: st.DataO
         [(d, q, t, rc, tr, "gw-01", "b-1", 1.5) for d, q, t, rc, tr, _ in ordered]
     )
     ms = [(d, q, n, u, v) for d, q, _, _, _, m in ordered for n, u, v in m]
-    assert typed(c.measurement_rows()) == typed(ms)
+    assert typed(c.measurement_rows()) == typed(
+        [(d, q, n, t, u, v) for d, q, t, _, _, m in ordered for n, u, v in m]
+    )
     assert list(c.m_texts()) == [rows.m_text(m) for *_, m in ordered]  # SQLite's samples.m
     time_of = {(r[0], r[1]): r[2] for r in ordered}
     assert typed(c.latest_rows()) == typed(

@@ -97,7 +97,9 @@ def test_sorted_columns_match_the_reading_helpers(
     time_of = {(r[0], r[1]): r[2] for r in ordered}
     latest = typed([(d, n, q, time_of[d, q], u, v) for d, q, n, u, v in rows.newest(ms).values()])
     assert typed(c.latest_rows()) == latest
-    assert typed(c.measurement_rows()) == typed(ms)
+    assert typed(c.measurement_rows()) == typed(
+        [(d, q, n, t, u, v) for d, q, t, _, _, m in ordered for n, u, v in m]
+    )
     assert typed(c.latest_rows()) == latest  # from the measurement rows, now they are made
     assert typed(c.device_rows()) == typed(rows.device_rows(ordered))
     assert typed(c.sample_rows("gw")) == typed([(*r[:5], "gw") for r in ordered])

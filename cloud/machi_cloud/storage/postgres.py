@@ -31,7 +31,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
-from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -131,7 +130,6 @@ _VALUE_COLUMNS = "value_int, value_real, value_text, value_bool"
 
 
 _VALUE = itemgetter(5)
-_VALUE_OF_ROW = itemgetter(4)  # of a `SortedColumns` measurement row
 
 
 def _value_columns(value: Value) -> tuple[int | None, float | None, str | None, bool | None]:
@@ -569,15 +567,9 @@ class _Prepared:
         ordered = list(self.unique.values())  # in key order
         if new is not None:
             ordered = [r for r in ordered if (r[0], r[1]) in new]
-        plain = [(d, q, n, t, u, v) for d, q, t, _, _, ms in ordered for n, u, v in ms]
-        kinds = set(map(type, map(_VALUE, plain)))
-        m: list[tuple[Any, ...]]
-        if kinds <= {float}:  # the usual batches: one comprehension, no call per value
-            m = [(d, q, n, t, u, None, v, None, None) for d, q, n, t, u, v in plain]
-        elif kinds == {int}:
-            m = [(d, q, n, t, u, v, None, None, None) for d, q, n, t, u, v in plain]
-        else:
-            m = [(d, q, n, t, u, *_value_columns(v)) for d, q, n, t, u, v in plain]
+        m = _measurement_records(
+            [(d, q, n, t, u, v) for d, q, t, _, _, ms in ordered for n, u, v in ms]
+        )
         latest = rows.newest(m)
         devices = rows.device_rows(ordered)
         # latest's columns are (device, metric, seq, ...): measurements' with 2 and 3 swapped
@@ -609,19 +601,19 @@ class _PreparedColumns:
     ) -> tuple[list[tuple[Any, ...]], tuple[list[Any], ...], tuple[list[Any], ...]]:
         """As `_Prepared.derived`."""
         c = self.columns if new is None else self.columns.only(new)
-        flat = c.measurement_rows()  # (device, seq, metric, unit, value) in key order
-        times = chain.from_iterable(map(repeat, c.times, map(len, c.groups)))
-        timed = zip(flat, times, strict=True)
-        kinds = set(map(type, map(_VALUE_OF_ROW, flat)))
-        m: list[tuple[Any, ...]]
-        if kinds <= {float}:  # the usual batches: one comprehension, no call per value
-            m = [(d, q, n, t, u, None, v, None, None) for (d, q, n, u, v), t in timed]
-        elif kinds == {int}:
-            m = [(d, q, n, t, u, v, None, None, None) for (d, q, n, u, v), t in timed]
-        else:
-            m = [(d, q, n, t, u, *_value_columns(v)) for (d, q, n, u, v), t in timed]
+        m = _measurement_records(c.measurement_rows())
         latest = [(*r[:5], *_value_columns(r[5])) for r in c.latest_rows()]  # a few a device
         return m, _columns(latest, 9), _columns(c.device_rows(), 5)
+
+
+def _measurement_records(plain: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """`COPY` records of `(device, seq, metric, time, unit, value)` rows."""
+    kinds = set(map(type, map(_VALUE, plain)))
+    if kinds <= {float}:  # the usual batches: one comprehension, no call per value
+        return [(d, q, n, t, u, None, v, None, None) for d, q, n, t, u, v in plain]
+    if kinds == {int}:
+        return [(d, q, n, t, u, v, None, None, None) for d, q, n, t, u, v in plain]
+    return [(d, q, n, t, u, *_value_columns(v)) for d, q, n, t, u, v in plain]
 
 
 def _columns(table: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ...]:

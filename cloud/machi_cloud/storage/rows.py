@@ -279,17 +279,19 @@ class SortedColumns:
             if n and lens.count(lens[0]) == n:  # k each: each device and seq k times over
                 k = lens[0]
                 devices: list[Any] = [None] * (n * k)
-                seqs = devices.copy()
+                seqs, times = devices.copy(), devices.copy()
                 for j in range(k):
                     devices[j::k] = c.devices
                     seqs[j::k] = c.seqs
-                flat = zip(devices, seqs, c.names, c.units, c.values, strict=True)
+                    times[j::k] = c.times
+                flat = zip(devices, seqs, c.names, times, c.units, c.values, strict=True)
                 groups = list(zip(*[flat] * k, strict=True)) if k else [()] * n
             else:
                 flat = zip(
                     chain.from_iterable(map(repeat, c.devices, lens)),
                     chain.from_iterable(map(repeat, c.seqs, lens)),
                     c.names,
+                    chain.from_iterable(map(repeat, c.times, lens)),
                     c.units,
                     c.values,
                     strict=True,
@@ -343,11 +345,8 @@ class SortedColumns:
             return []
         if self._by_device and self._groups is None:  # else the groups are there to take
             return self._newest_by_device()
-        times_of = dict(zip(zip(self.devices, self.seqs, strict=True), self.times, strict=True))
-        return [
-            (d, n, q, times_of[d, q], u, v)
-            for d, q, n, u, v in newest(self.measurement_rows()).values()
-        ]
+        newest_rows = newest(self.measurement_rows()).values()
+        return [(d, n, q, t, u, v) for d, q, n, t, u, v in newest_rows]
 
     def _newest_by_device(self) -> list[tuple[Any, ...]]:
         """`latest_rows` of a batch whose readings of each device are in key order: the
