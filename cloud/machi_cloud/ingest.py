@@ -241,4 +241,4 @@ async def post_batch(request: Request) -> Response:
         )
     if _wants_json(request):
         return JSONResponse(result.answer())
-    return Response(content=result.encoded or result.encode(), media_type=CBOR)
+    return Response(content=result.encode(), media_type=CBOR)

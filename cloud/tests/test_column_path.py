@@ -183,7 +183,7 @@ async def store_all(
                 body_hash=bytes(32),
                 readings=cols if as_columns else tuple(cols),
             )
-            answers.append((result, result.encoded))
+            answers.append((result, result.encode()))
     found = await storage.readings(ReadingQuery(limit=100_000))
     return answers, (typed(found), await storage.devices(), await storage.stats())
 

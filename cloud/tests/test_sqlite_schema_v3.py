@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 
 from machi_cloud.batch import Measurement, Reading, ReadingColumns, Value
@@ -258,12 +259,31 @@ async def test_an_older_file_becomes_v3_with_the_same_answers(tmp_path: Path, ve
         assert await answers(st) == want
         again = await st.store_batch(gateway="gw-01", batch_id="b-0", body_hash=H, readings=())
         assert again.replayed and again.stored == len(READINGS)  # the batches table stayed
+        # an older record has its acked keys: they are answered as recorded
+        assert again.acked == tuple((r.device, r.seq) for r in READINGS)
         more = await st.store_batch(
             gateway="gw-01", batch_id="b-1", body_hash=H, readings=READINGS[:2]
         )
         assert (more.stored, more.duplicates) == (0, 2)  # the samples key stayed
     assert schema_of(old) == schema_of(fresh)
     assert schema_of(old)[0] == SCHEMA_VERSION == 3
+
+
+async def test_a_batch_is_recorded_without_its_keys(tmp_path: Path) -> None:
+    """Version 3 records `BatchResult.record()`: the answer less its acked keys, which a
+    replay looks up again (test_storage_contract's replay tests)."""
+    path = tmp_path / "record.sqlite"
+    async with SQLiteStorage(path) as st:
+        first = await st.store_batch(
+            gateway="gw-01", batch_id="b-1", body_hash=H, readings=READINGS
+        )
+    conn = sqlite3.connect(path)
+    try:
+        (recorded,) = conn.execute("SELECT answer FROM batches").fetchone()
+    finally:
+        conn.close()
+    assert first.acked and "acked" not in cbor2.loads(recorded)
+    assert cbor2.loads(recorded) == {k: v for k, v in first.answer().items() if k != "acked"}
 
 
 async def test_values_keep_their_types(tmp_path: Path) -> None:

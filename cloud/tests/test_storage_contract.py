@@ -129,6 +129,33 @@ async def test_replay_gets_the_recorded_answer_and_changes_nothing(st: Storage) 
     assert (await st.stats()).batches == 1
 
 
+async def test_a_replay_acks_again_what_the_cloud_holds(st: Storage) -> None:
+    """The record leaves the acked keys out (`BatchResult.record`): a replay gives them
+    again, the keys held before the batch included, from the readings it carries."""
+    await store(st, "b1", [reading("env-0001", 1), reading("env-0001", 2)])
+    batch = [reading("env-0001", 3), reading("env-0001", 2), reading("env-0002", 1)]
+    first = await store(st, "b2", batch, body=H2)
+    assert (first.stored, first.duplicates) == (2, 1)
+    assert first.acked == (("env-0001", 3), ("env-0001", 2), ("env-0002", 1))
+    again = await store(st, "b2", batch, body=H2)
+    assert again.replayed and again.answer() == first.answer()
+
+
+async def test_a_replay_never_acks_a_reading_the_cloud_does_not_hold(st: Storage) -> None:
+    """Were the parser's rules to change between two deliveries of one body, the replay
+    could carry a reading the first delivery rejected: it is not acked (nor stored), so
+    the gateway keeps it instead of deleting an unstored reading."""
+    bad = Rejection("env-0001", 3, "value out of range")
+    first = await st.store_batch(
+        gateway="gw-01", batch_id="b1", body_hash=H1,
+        readings=[reading("env-0001", 1)], rejected=[bad],
+    )  # fmt: skip
+    again = await store(st, "b1", [reading("env-0001", 1), reading("env-0001", 3)])
+    assert again.replayed and again.answer() == first.answer()
+    assert again.acked == (("env-0001", 1),) and again.rejected == (bad,)
+    assert [r.seq for r in await st.readings(ReadingQuery())] == [1]
+
+
 async def test_batch_id_reused_with_another_body_conflicts(st: Storage) -> None:
     await store(st, "b1", [reading("env-0001", 1)])
     with pytest.raises(BatchConflict) as info:

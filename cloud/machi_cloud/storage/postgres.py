@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import replace
 from operator import itemgetter
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -74,6 +73,10 @@ INSERT INTO batches (gateway, batch_id, body_sha256, answer) VALUES ($1, $2, $3,
 ON CONFLICT (gateway, batch_id) DO NOTHING RETURNING true
 """
 _RECORDED = "SELECT body_sha256, answer FROM batches WHERE gateway = $1 AND batch_id = $2"
+_HELD = """
+SELECT device, seq FROM samples
+WHERE (device, seq) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))
+"""
 # Each connection's own staging table for a batch's readings: COPY into it is the cheapest
 # way in, and `INSERT .. SELECT .. ON CONFLICT DO NOTHING RETURNING` from it tells which
 # readings are new. Emptied at every commit; created once per connection (pool `init`).
@@ -332,7 +335,10 @@ class PostgresStorage(Storage):
     ) -> BatchResult:
         if not await conn.fetchval(_CLAIM, gateway, batch_id, body_hash):
             row = await conn.fetchrow(_RECORDED, gateway, batch_id)
-            return rows.replayed(gateway, batch_id, body_hash, row["body_sha256"], row["answer"])
+            doc = rows.recorded(gateway, batch_id, body_hash, row["body_sha256"], row["answer"])
+            keys = rows.replay_keys(doc, p.acked)
+            held = await conn.fetch(_HELD, *map(list, zip(*keys, strict=True))) if keys else []
+            return rows.replayed(doc, keys, [(r["device"], r["seq"]) for r in held])
         new: Collection[tuple[str, int]] = ()
         if p.acked:
             new = await _insert_samples(conn, gateway, batch_id, p)
@@ -343,8 +349,7 @@ class PostgresStorage(Storage):
             acked=p.acked,
             rejected=rejected,
         )
-        answer = result.encode()
-        result = replace(result, encoded=answer)
+        answer = result.record()
         if not new:
             await conn.execute(_SET_ANSWER, gateway, batch_id, answer)
             return result

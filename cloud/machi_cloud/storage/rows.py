@@ -73,16 +73,35 @@ class Params:
 # -- batches ----------------------------------------------------------------------------------
 
 
-def replayed(
+def recorded(
     gateway: str, batch_id: str, body_hash: bytes, recorded_hash: bytes, answer: bytes
-) -> BatchResult:
-    """The recorded answer of a batch seen before; `BatchConflict` for another body."""
+) -> dict[str, Any]:
+    """The recorded answer of a batch seen before (`BatchResult.record`, or an older
+    file's whole `answer()`); `BatchConflict` for another body."""
     if bytes(recorded_hash) != body_hash:
         raise BatchConflict(
             f"batch_id {batch_id!r} of gateway {gateway!r} was already used for a "
             "different body; give every new batch a new batch_id"
         )
-    return BatchResult.from_answer(cbor2.loads(answer), replayed=True)
+    doc: dict[str, Any] = cbor2.loads(answer)
+    return doc
+
+
+def replay_keys(doc: dict[str, Any], keys: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The keys a replay must look up: the distinct `keys` of its readings in batch order
+    (the same body, so the same readings), or none when the record has `acked`."""
+    return [] if "acked" in doc else list(dict.fromkeys(keys))
+
+
+def replayed(
+    doc: dict[str, Any], keys: Sequence[tuple[str, int]], held: Iterable[tuple[str, int]]
+) -> BatchResult:
+    """The answer of a replay: the recorded one, its `acked` being those of the batch's
+    `keys` that the database holds (`held`), which are the first delivery's: it acked every
+    valid reading, stored or held before. Looked up rather than assumed, so the answer
+    stays true if the parser's rules changed between the two deliveries."""
+    found = set(held)
+    return BatchResult.from_answer(doc, replayed=True, acked=[k for k in keys if k in found])
 
 
 def first_of_each(readings: Sequence[Reading]) -> dict[tuple[str, int], Reading]:

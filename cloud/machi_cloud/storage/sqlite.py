@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from itertools import groupby, islice
 from operator import itemgetter
 from pathlib import Path
@@ -130,6 +129,7 @@ _INSERT_SAMPLE = (
     "INSERT INTO samples (device, seq, time, received, transport, gateway, batch_id, ingested,"
     " m) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, seq) DO NOTHING"
 )
+_HELD = "SELECT 1 FROM samples WHERE device = ? AND seq = ?"
 # a sample row with this batch's (gateway, batch_id) was written by this transaction
 _MINE = "SELECT 1 FROM samples WHERE device = ? AND seq = ? AND gateway = ? AND batch_id = ?"
 _LATEST_UPDATE = """
@@ -437,7 +437,10 @@ class SQLiteStorage(Storage):
             (gateway, batch_id),
         ).fetchone()
         if row is not None:  # nothing written: a replay or a conflict
-            return rows.replayed(gateway, batch_id, body_hash, row[0], row[1])
+            doc = rows.recorded(gateway, batch_id, body_hash, row[0], row[1])
+            keys = rows.replay_keys(doc, ((r[0], r[1]) for r in readings))
+            held = [key for key in keys if conn.execute(_HELD, key).fetchone() is not None]
+            return rows.replayed(doc, keys, held)
 
         now = time.time()
         if columns is not None:
@@ -452,13 +455,12 @@ class SQLiteStorage(Storage):
             acked=acked,
             rejected=rejected,
         )
-        answer = result.encode()
         conn.execute(
             "INSERT INTO batches (gateway, batch_id, body_sha256, answer, created)"
             " VALUES (?, ?, ?, ?, ?)",
-            (gateway, batch_id, body_hash, answer, now),
+            (gateway, batch_id, body_hash, result.record(), now),
         )
-        return replace(result, encoded=answer)
+        return result
 
     @staticmethod
     def _insert_columns(
