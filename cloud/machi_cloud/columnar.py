@@ -27,8 +27,8 @@ from .batch import Reading, ReadingColumns
 
 _DEVICE = ref.DEVICE_ID.match
 _METRIC = ref.METRIC_NAME.match
-_NUMBER = frozenset((int, float))
-_RECEIVED = _NUMBER | {type(None)}
+NUMBER = frozenset((int, float))  # the types a number (a value, a time) may have
+_RECEIVED = NUMBER | {type(None)}
 _ABSENT = object()
 _KNOWN_MAX = 100_000
 _DEVICES: set[str] = set()  # device ids and transports seen valid (`_known`)
@@ -90,7 +90,7 @@ def readings_ok(
     transport not seen before, whole-column checks for the rest."""
     if (
         not set(map(type, seqs)) <= {int}
-        or not set(map(type, times)) <= _NUMBER
+        or not set(map(type, times)) <= NUMBER
         or not set(map(type, received)) <= _RECEIVED
     ):
         return False
@@ -161,7 +161,7 @@ def _values_ok(kind: str, values: list[Any]) -> bool:
     """The values pass `batch._measurement`'s check for their kind."""
     types = set(map(type, values))
     if kind == "v":
-        return types <= _NUMBER and values_ok(values, types)
+        return types <= NUMBER and values_ok(values, types)
     if kind == "vs":
         return types <= {str} and (not values or max(map(len, values)) <= ref._MAX_TEXT)
     return types <= {bool}
@@ -193,19 +193,15 @@ def _flatten(series: list[Series], n: int) -> tuple[list[Any], list[Any], list[A
     counts = [len(s[2]) for s in series]
     ks = list(chain.from_iterable(range(n) if s[3] is None else s[3] for s in series))
     order = sorted(range(len(ks)), key=ks.__getitem__)  # stable: series order within a reading
-    pick = _picker(order)
+
+    def pick(column: list[Any]) -> list[Any]:
+        return list(map(column.__getitem__, order))
+
     names = pick(list(chain.from_iterable(map(repeat, names_s, counts))))
     units = pick(list(chain.from_iterable(map(repeat, units_s, counts))))
     values = pick(list(chain.from_iterable(s[2] for s in series)))
     per = Counter(ks)
     return names, units, values, list(map(per.get, range(n), repeat(0)))
-
-
-def _picker(order: list[int]) -> Any:
-    def pick(col: list[Any]) -> list[Any]:
-        return list(map(col.__getitem__, order))
-
-    return pick
 
 
 def times_ok(values: list[Any]) -> bool:

@@ -28,6 +28,7 @@ from typing import Any
 
 from . import batch as ref
 from .batch import Batch, Measurement, Reading, ReadingColumns
+from .columnar import NUMBER as _NUMBER
 from .columnar import parse_columns, readings_ok, values_ok
 from .settings import GATEWAY_ID
 
@@ -35,15 +36,15 @@ _new = tuple.__new__
 _DEVICE = ref.DEVICE_ID.match
 _METRIC = ref.METRIC_NAME.match
 _GATEWAY = GATEWAY_ID.match
+# the reference's limits (one definition), as module names of their own for the hot loop
 _MAX_SEQ = ref.MAX_SEQ
-_INT64 = 2**63
-_MAX_TIME = 1e11
-_MAX_UNIT = 32
-_MAX_TEXT = 4096
-_MAX_TRANSPORT = 32
+_INT64 = ref._INT64
+_MAX_TIME = ref._MAX_TIME
+_MAX_UNIT = ref._MAX_UNIT
+_MAX_TEXT = ref._MAX_TEXT
+_MAX_TRANSPORT = ref._MAX_TRANSPORT
 _get = dict.get
 _has = dict.__contains__
-_NUMBER = frozenset((int, float))  # also the types a reading's time may have
 _UNIT = frozenset((str, type(None)))
 
 

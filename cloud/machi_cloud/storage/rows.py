@@ -197,8 +197,8 @@ def _m_texts_of(c: ReadingColumns) -> list[str]:
     n, lens = len(c.lens), c.lens
     if not n:
         return []
-    k = lens[0]
-    if lens.count(k) == n and c.names == c.names[:k] * n and c.units == c.units[:k] * n:
+    k = _same_metrics(c)
+    if k is not None and c.units == c.units[:k] * n:
         # the usual batch: every reading has the same metrics with the same units
         templates: Iterable[str] = [_template(zip(c.names[:k], c.units[:k], strict=True))] * n
     else:
@@ -207,6 +207,15 @@ def _m_texts_of(c: ReadingColumns) -> list[str]:
         made = {s: _template(s) for s in set(shapes)}
         templates = map(made.__getitem__, shapes)
     return ("\0".join(templates) % tuple(c.values)).split("\0")
+
+
+def _same_metrics(c: ReadingColumns) -> int | None:
+    """k when every reading of `c` has the same k metrics in the same order, else None."""
+    n, lens = len(c.lens), c.lens
+    if not n or lens.count(lens[0]) != n:
+        return None
+    k = lens[0]
+    return k if c.names == c.names[:k] * n else None
 
 
 class SortedColumns:
@@ -290,7 +299,7 @@ class SortedColumns:
 
     @property
     def groups(self) -> Sequence[tuple[tuple[Any, ...], ...]]:
-        """Each reading's `(device, seq, metric, unit, value)` rows, in key order."""
+        """Each reading's `(device, seq, metric, time, unit, value)` rows, in key order."""
         if self._groups is None:
             c = self._source
             n, lens = len(c.lens), c.lens
@@ -327,26 +336,17 @@ class SortedColumns:
         return list(zip(*columns, *map(repeat, extra), *last))  # noqa: B905 (repeat is endless)
 
     def measurement_rows(self) -> list[tuple[Any, ...]]:
-        """`(device, seq, metric, unit, value)` per measurement, as in `ordered` readings."""
+        """`(device, seq, metric, time, unit, value)` per measurement, in key order."""
         return list(chain.from_iterable(self.groups))
 
     def m_texts(self) -> Sequence[str]:
         """`m_text` of each reading's measurements, in key order (`_m_texts_of`)."""
         return self._pick(_m_texts_of(self._source))
 
-    def _uniform(self) -> int | None:
-        """k when every reading of the batch has the same k metrics, else None."""
-        c = self._source
-        n, lens = len(c.lens), c.lens
-        if not n or lens.count(lens[0]) != n:
-            return None
-        k = lens[0]
-        return k if c.names == c.names[:k] * n else None
-
     def latest_rows(self) -> list[tuple[Any, ...]]:
         """`(device, metric, seq, time, unit, value)` of the newest measurement per
         (device, metric), ordered as `newest` orders them."""
-        k = self._uniform()
+        k = _same_metrics(self._source)
         if k:  # the newest reading of each device has them all: k rows from each
             last = self._ends()
             order, c = self._order, self._source

@@ -431,7 +431,6 @@ class SQLiteStorage(Storage):
         batch can have (its `batches` row would exist and this would be a replay).
         A fast-lane batch (`ReadingColumns`, no key twice) is written from its columns, any
         other from its readings: the same rows either way."""
-        columns = rows.SortedColumns.of(readings)
         row = conn.execute(
             "SELECT body_sha256, answer FROM batches WHERE gateway = ? AND batch_id = ?",
             (gateway, batch_id),
@@ -443,6 +442,7 @@ class SQLiteStorage(Storage):
             return rows.replayed(doc, keys, held)
 
         now = time.time()
+        columns = rows.SortedColumns.of(readings)
         if columns is not None:
             stored = self._insert_columns(conn, gateway, batch_id, now, columns)
             acked = columns.acked
